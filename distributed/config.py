@@ -1,0 +1,91 @@
+"""The training job's typed configuration: loadable from YAML, overridable with ``key=value`` strings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from twotower.model.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not parse or does not validate; the message names the key."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs besides the dataset directory.
+
+    Model and loss hyperparameters live in ``model`` (:class:`ModelConfig`); overrides may name them
+    without the ``model.`` prefix (``temperature=0.1``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    batch_size: int = Field(1024, ge=2, description="per-worker batch size")
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    patience: int = Field(3, ge=0, description="epochs without valid Recall@k improvement before stopping; 0 = off")
+    monitor_k: int = Field(10, ge=1, description="k of the validation Recall@k used for early stopping")
+    eval_ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: bool = False
+    gather_negatives: bool = Field(False, description="in-batch negatives from all workers (all_gather with grad)")
+    seed: int = 0
+    storage_path: str = Field("runs", description="local path or pyarrow filesystem URI for checkpoints")
+    run_name: str | None = None
+    resume_from: str | None = Field(None, description="checkpoint directory to resume from")
+    max_failures: int = Field(0, ge=-1)
+    stall_timeout_s: float = Field(600.0, gt=0.0, description="fail if no epoch finishes in this many seconds")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "TrainConfig":
+        """Load ``path`` (YAML mapping; None = defaults) then apply ``key=value`` overrides.
+
+        Values are parsed as YAML (``hidden_dims=[128,64]``, ``use_gpu=true``). Keys of
+        :class:`ModelConfig` may be given bare or as ``model.key``.
+
+        Raises:
+            ConfigError: unreadable YAML, unknown key, or a value failing validation (names the key).
+        """
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise ConfigError(f"{path}: cannot read config: {e}") from e
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        data = {**data, "model": dict(data.get("model") or {})}
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            key = key.strip().removeprefix("--")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+            if key.startswith("model."):
+                data["model"][key[len("model."):]] = value
+            elif key in cls.model_fields:
+                data[key] = value
+            elif key in ModelConfig.model_fields:
+                data["model"][key] = value
+            else:
+                raise ConfigError(f"unknown config key {key!r}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"config key {loc!r}: {first['msg']} (got {first.get('input')!r})") from e
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,122 @@
+"""The one checkpoint format that training, indexing and serving all use.
+
+A checkpoint is a directory:
+
+    model.pt          state dict (weights and the feature-table buffers); loaded with
+                      ``torch.load(weights_only=True)``, so loading never unpickles arbitrary objects
+    checkpoint.json   format_version, schema, model config, train config, dataset_dir, epoch, metrics,
+                      sha256 of model.pt (and optimizer.pt when present)
+    optimizer.pt      optional optimizer state (for resuming), also weights_only
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .schema import DatasetSchema
+from .twotower import TwoTowerModel
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing files, corrupted (checksum mismatch) or of an unknown format."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A loaded checkpoint: ``model`` in eval mode on the requested device, plus its metadata."""
+
+    model: TwoTowerModel
+    schema: DatasetSchema
+    model_config: ModelConfig
+    train_config: dict
+    meta: dict
+    optimizer_state: dict | None
+
+
+def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, train_config: dict | None = None,
+                    dataset_dir: str | None = None, metrics: dict | None = None, epoch: int | None = None,
+                    optimizer_state: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``model`` (TwoTowerModel or a DDP wrapper of one) to ``directory`` (created). Returns the path."""
+    core = getattr(model, "module", model)
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in core.state_dict().items()}, path / "model.pt")
+    files = {"model.pt": sha256_file(path / "model.pt")}
+    if optimizer_state is not None:
+        torch.save(optimizer_state, path / "optimizer.pt")
+        files["optimizer.pt"] = sha256_file(path / "optimizer.pt")
+    meta: dict[str, Any] = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "schema": asdict(core.schema),
+        "model_config": core.cfg.model_dump(mode="json"),
+        "train_config": train_config or {},
+        "dataset_dir": str(dataset_dir) if dataset_dir is not None else None,
+        "epoch": epoch,
+        "metrics": metrics or {},
+        "sha256": files,
+        "extra": extra or {},
+    }
+    (path / "checkpoint.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=float))
+    return path
+
+
+def read_checkpoint_meta(directory: str | Path) -> dict:
+    """Read and validate ``checkpoint.json``. Raises CheckpointError when missing or of an unknown format."""
+    path = Path(directory) / "checkpoint.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing (not a twotower checkpoint directory)") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from e
+    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
+                              f"(expected {CHECKPOINT_FORMAT_VERSION})")
+    return meta
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu",
+                    verify: bool = True) -> LoadedCheckpoint:
+    """Load a checkpoint directory written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: missing files, sha256 mismatch (when ``verify``), unknown format version, or a
+            state dict that does not fit the stored schema/config.
+    """
+    path = Path(directory)
+    meta = read_checkpoint_meta(path)
+    for name, digest in meta.get("sha256", {}).items():
+        if not (path / name).exists():
+            raise CheckpointError(f"{path / name}: missing")
+        if verify and sha256_file(path / name) != digest:
+            raise CheckpointError(f"{path / name}: sha256 mismatch (file corrupted or modified)")
+    schema = DatasetSchema.from_dict(meta["schema"])
+    cfg = ModelConfig.model_validate(meta["model_config"])
+    model = TwoTowerModel(schema, cfg)
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / 'model.pt'}: does not match the stored schema/config: {e}") from e
+    optimizer_state = None
+    if (path / "optimizer.pt").exists():
+        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    model.to(map_location).eval()
+    return LoadedCheckpoint(model, schema, cfg, meta.get("train_config", {}), meta, optimizer_state)

@@ -1,0 +1,57 @@
+"""Typed model configuration: architecture and loss hyperparameters (pydantic, YAML-friendly)."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ContextMode(str, Enum):
+    """Where interaction context (time of day, day of week, ...) enters the model.
+
+    - ``user_tower``: context is concatenated into the user tower input;
+      score = dot(user_tower(u, ctx), item_tower(i)).
+    - ``trilinear``: score = dot(user_rep * ctx_emb, item_rep) with ctx_emb a projection of the context
+      (Hadamard modulation); user_rep can be cached per user.
+    - ``scoring_layer``: score = MLP([user_rep, item_rep, ctx_rep]); not a dot product, so retrieval takes
+      dot-product candidates and the head re-ranks them (a purely linear head over the concatenation would
+      add a per-item constant and rank items identically for every user and context).
+    """
+
+    USER_TOWER = "user_tower"
+    TRILINEAR = "trilinear"
+    SCORING_LAYER = "scoring_layer"
+
+
+class ModelConfig(BaseModel):
+    """Architecture and loss hyperparameters of a two-tower model.
+
+    Loss terms (see ``twotower.model.loss``): in-batch sampled softmax with ``temperature``, logQ
+    correction (Yi et al., RecSys 2019) when ``logq_correction``, masking of accidental hits, and
+    ``num_negatives`` extra uniformly sampled catalogue items per batch (mixed negative sampling,
+    Yang et al., WWW 2020). ``loss="bce"`` is the pointwise baseline with ``num_negatives`` uniform
+    negatives per positive.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    user_embedding_dim: int = Field(64, ge=1)
+    item_embedding_dim: int = Field(64, ge=1)
+    feature_embedding_dim: int = Field(16, ge=1, description="size of each categorical side-feature embedding")
+    final_embedding_dim: int = Field(64, ge=1)
+    hidden_dims: list[int] = Field(default_factory=lambda: [256])
+    activation: Literal["relu", "gelu"] = "relu"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    layer_norm: bool = True
+    l2_normalize: bool = True
+    history_pooling: Literal["mean", "attention", "none"] = "mean"
+    context_mode: ContextMode = ContextMode.USER_TOWER
+    scoring_hidden_dims: list[int] = Field(default_factory=lambda: [64])
+    rerank_depth: int = Field(100, ge=1, description="scoring_layer: dot-product candidates re-ranked by the head")
+
+    loss: Literal["softmax", "bce"] = "softmax"
+    temperature: float = Field(0.05, gt=0.0)
+    logq_correction: bool = True
+    mask_accidental_hits: bool = True
+    num_negatives: int = Field(0, ge=0, description="softmax: extra uniform negatives per batch; bce: per positive")

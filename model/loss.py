@@ -1,0 +1,146 @@
+"""The training loss, every term in one place.
+
+In-batch sampled softmax (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+Recommendations", RecSys 2019, sec. 3-4). For query i and candidate items j (the batch's positives,
+optionally gathered from all workers, plus M uniformly sampled extra negatives):
+
+    logit[i, j] = <q_i, v_j> / temperature - log Q_j            (logQ correction, eq. (3) of Yi et al.)
+    logit[i, j] = -inf   where item_j == item_i and j != i      (accidental hits: the positive again)
+    loss        = mean_i  -log softmax_j(logit[i, :])[pos(i)]
+
+Q_j is the expected number of times item j appears among the candidates of one step: a batch of B
+positives drawn from the training stream has item j about B * p_j times (p_j = train frequency of j,
+Yi et al. estimate it by streaming frequency; we know it from the prepared stats), and M uniform draws
+from the N known items add M / N (mixed negative sampling, Yang et al., "Mixed Negative Sampling for
+Learning Two-tower Neural Networks in Recommendations", WWW 2020):
+
+    Q_j = B * p_j + M / N
+
+Without extra negatives the B factor is a constant and cancels in the softmax. ``logq_correction=False``
+drops the term. ``scoring_layer`` mode adds the same softmax over the head's scores of the positive and
+63 sampled batch candidates (``TowerOutput.head_logits``), accidental hits masked likewise.
+
+Baseline ``loss="bce"``: pointwise binary cross-entropy on <q_i, v_i>/temperature (label 1) and on
+``num_negatives`` uniformly sampled items per positive (label 0; a sample equal to the positive is
+ignored).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class LossOutput:
+    """``loss``: scalar float32 tensor to backpropagate; ``logs``: floats for progress lines."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def log_q(item_prob: torch.Tensor, item_idx: torch.Tensor, batch_positives: int, num_extra: int,
+          num_items: int) -> torch.Tensor:
+    """log Q_j = log(B * p_j + M / N) for candidate items ``item_idx`` (C,) -> (C,) float32.
+
+    ``item_prob`` (num_items,) are unigram train frequencies p_j; N = num_items - 1 known items.
+    """
+    q = batch_positives * item_prob[item_idx] + num_extra / max(num_items - 1, 1)
+    return torch.log(q.clamp(min=1e-12))
+
+
+def sampled_softmax_loss(query: torch.Tensor, candidates: torch.Tensor, candidate_idx: torch.Tensor,
+                         labels: torch.Tensor, temperature: float, candidate_log_q: torch.Tensor | None,
+                         mask_accidental_hits: bool) -> torch.Tensor:
+    """Softmax cross-entropy of each query over a shared candidate set.
+
+    Args:
+        query: (B, D) float32. candidates: (C, D) float32. candidate_idx: (C,) int64 item indices.
+        labels: (B,) int64 column of each row's positive in ``candidates``.
+        temperature: logits are divided by it. candidate_log_q: (C,) float32 log Q_j or None (no correction).
+        mask_accidental_hits: set logit[i, j] = -inf where candidate j is row i's item but j != labels[i].
+    Returns: scalar mean loss.
+    """
+    logits = query @ candidates.T / temperature                                      # (B, C)
+    if candidate_log_q is not None:
+        logits = logits - candidate_log_q.unsqueeze(0)
+    if mask_accidental_hits:
+        positive_idx = candidate_idx[labels]                                          # (B,)
+        hit = candidate_idx.unsqueeze(0) == positive_idx.unsqueeze(1)                 # (B, C)
+        hit[torch.arange(len(labels), device=labels.device), labels] = False
+        logits = logits.masked_fill(hit, NEG_INF)
+    return F.cross_entropy(logits, labels)
+
+
+def head_softmax_loss(head_logits: torch.Tensor, head_candidates: torch.Tensor,
+                      mask_accidental_hits: bool) -> torch.Tensor:
+    """``scoring_layer``: softmax over head scores (B, C) with the positive in column 0."""
+    if mask_accidental_hits:
+        hit = head_candidates == head_candidates[:, :1]
+        hit[:, 0] = False
+        head_logits = head_logits.masked_fill(hit, NEG_INF)
+    return F.cross_entropy(head_logits, torch.zeros(len(head_logits), dtype=torch.long, device=head_logits.device))
+
+
+def bce_loss(query: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, item_idx: torch.Tensor,
+             negative_idx: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Pointwise BCE: query (B, D), items (B, D), negatives (B, K, D), indices (B,), (B, K) -> scalar."""
+    pos = (query * items).sum(-1) / temperature                                       # (B,)
+    neg = torch.einsum("bd,bkd->bk", query, negatives) / temperature                  # (B, K)
+    valid = (negative_idx != item_idx.unsqueeze(1)).float()
+    pos_loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
+    neg_loss = (F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="none") * valid).sum()
+    return (pos_loss + neg_loss) / (pos.numel() + valid.sum().clamp(min=1.0))
+
+
+def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Callable | None = None, rank: int = 0,
+                 generator: torch.Generator | None = None) -> LossOutput:
+    """One training step's loss for ``model`` (a TwoTowerModel, possibly DDP-wrapped) on ``batch``.
+
+    Args:
+        batch: model input tensors (see TwoTowerModel); B rows.
+        gather: optional ``f(t) -> cat of t over all workers`` (dim 0) keeping the local gradient; when given,
+            in-batch negatives come from every worker (all workers must use the same B).
+        rank: this worker's rank; its rows sit at ``rank * B`` in gathered tensors.
+        generator: RNG for sampled negatives (CPU generator).
+    """
+    core = getattr(model, "module", model)
+    cfg, num_items = core.cfg, core.schema.num_items
+    item_idx = batch["item_idx"]
+    b, m = len(item_idx), cfg.num_negatives
+    device = item_idx.device
+    if cfg.loss == "bce":
+        neg_idx = torch.randint(1, num_items, (b, max(m, 1)), generator=generator).to(device)
+        out = model(batch, extra_item_idx=neg_idx.reshape(-1))
+        loss = bce_loss(out.query, out.items, out.extra_items.reshape(b, -1, out.items.shape[-1]), item_idx,
+                        neg_idx, cfg.temperature)
+        return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()})
+
+    extra_idx = torch.randint(1, num_items, (m,), generator=generator).to(device) if m > 0 else None
+    out = model(batch, extra_item_idx=extra_idx)
+    cand, cand_idx, offset = out.items, item_idx, 0
+    if gather is not None:
+        cand, cand_idx, offset = gather(out.items), gather(item_idx), rank * b
+    batch_positives = len(cand_idx)
+    if extra_idx is not None:
+        cand, cand_idx = torch.cat([cand, out.extra_items]), torch.cat([cand_idx, extra_idx])
+    cand_log_q = log_q(core.item_prob, cand_idx, batch_positives, m, num_items) if cfg.logq_correction else None
+    labels = torch.arange(b, device=device) + offset
+    loss = sampled_softmax_loss(out.query, cand, cand_idx, labels, cfg.temperature, cand_log_q,
+                                cfg.mask_accidental_hits)
+    return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()})
+
+
+def _add_head_loss(loss: torch.Tensor, out, cfg, logs: dict[str, float]) -> LossOutput:
+    """Total = retrieval loss + (scoring_layer only) the head's softmax loss."""
+    if out.head_logits is not None:
+        head = head_softmax_loss(out.head_logits, out.head_candidates, cfg.mask_accidental_hits)
+        logs["head_loss"] = head.item()
+        loss = loss + head
+    logs["loss"] = loss.item()
+    return LossOutput(loss, logs)

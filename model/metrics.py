@@ -1,0 +1,111 @@
+"""Retrieval metrics: full-ranking Recall@k, HR@k, NDCG@k and sampled HR@k / NDCG@k.
+
+Each evaluation row is a query (a user with the context and history of that moment) with one target
+item. Full ranking ranks the whole catalogue except the unknown item 0 and the user's items from earlier
+splits (``seen``; the target itself is never excluded). With one target per query Recall@k equals
+HR@k (the target is in the top k); both are reported under the names the field uses.
+
+    rank   = number of candidate items scoring strictly higher than the target (0-based)
+    HR@k   = Recall@k = mean[rank < k]
+    NDCG@k = mean[(rank < k) / log2(rank + 2)]          (one relevant item, so IDCG = 1)
+
+Sampled metrics follow He et al., "Neural Collaborative Filtering", WWW 2017: the target is ranked
+against 100 items drawn uniformly (seeded by the row's user and target, so the draw does not depend
+on batching or worker) from the items the user never interacted with (not seen, not the target).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def popularity_scores(train_count: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Popularity baseline: score of each item (num_items,) float32 = its train interaction count."""
+    return torch.as_tensor(np.asarray(train_count), dtype=torch.float32)
+
+
+class RankingAccumulator:
+    """Accumulates additive sums of ranking metrics over batches (and workers) of queries.
+
+    Args:
+        ks: cut-offs for Recall@k / HR@k / NDCG@k.
+        num_items: catalogue size including the unknown index 0.
+        sampled_negatives: negatives per query for sampled HR/NDCG (0 disables them).
+        sampled_k: cut-off of the sampled metrics.
+        seed: base seed of the negative draws.
+    """
+
+    def __init__(self, ks: Sequence[int], num_items: int, sampled_negatives: int = 100, sampled_k: int = 10,
+                 seed: int = 0):
+        self.ks, self.num_items = sorted(set(int(k) for k in ks)), num_items
+        self.sampled_negatives, self.sampled_k, self.seed = sampled_negatives, sampled_k, seed
+        self._sums: dict[str, float] = {"count": 0.0}
+
+    def _sample_negatives(self, user: int, target: int, excluded: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, user, target])
+        out: list[int] = []
+        while len(out) < self.sampled_negatives:
+            draw = rng.integers(1, self.num_items, size=2 * self.sampled_negatives)
+            draw = draw[~np.isin(draw, excluded)]
+            out.extend(draw.tolist())
+            if len(excluded) >= self.num_items - 1:       # nothing left to draw from
+                break
+        return np.asarray(out[: self.sampled_negatives], dtype=np.int64)
+
+    def add(self, scores: torch.Tensor, target: torch.Tensor, seen: Sequence[np.ndarray],
+            user_idx: torch.Tensor | None = None) -> None:
+        """Add a batch: scores (B, num_items) float, target (B,) int64, seen: B arrays of item indices.
+
+        ``user_idx`` (B,) seeds the sampled negatives (defaults to the target when not given).
+        """
+        scores = scores.detach().float().cpu().clone()
+        target = target.detach().long().cpu()
+        users = user_idx.detach().long().cpu() if user_idx is not None else target
+        rows = torch.arange(len(target))
+        target_score = scores[rows, target]
+        scores[:, 0] = float("-inf")
+        for i, s in enumerate(seen):
+            if s is not None and len(s):
+                scores[i, torch.as_tensor(np.asarray(s, dtype=np.int64))] = float("-inf")
+        scores[rows, target] = target_score
+        rank = (scores > target_score.unsqueeze(1)).sum(dim=1).numpy()
+        self._sums["count"] += len(target)
+        for k in self.ks:
+            hit = rank < k
+            self._sums[f"hits@{k}"] = self._sums.get(f"hits@{k}", 0.0) + float(hit.sum())
+            self._sums[f"dcg@{k}"] = self._sums.get(f"dcg@{k}", 0.0) + float((hit / np.log2(rank + 2)).sum())
+        if self.sampled_negatives > 0:
+            k = self.sampled_k
+            for i in range(len(target)):
+                t = int(target[i])
+                excluded = np.union1d(np.asarray(seen[i] if seen[i] is not None else [], dtype=np.int64), [0, t])
+                neg = self._sample_negatives(int(users[i]), t, excluded)
+                r = int((scores[i, torch.from_numpy(neg)] > target_score[i]).sum())
+                if r < k:
+                    self._sums["sampled_hits"] = self._sums.get("sampled_hits", 0.0) + 1.0
+                    self._sums["sampled_dcg"] = self._sums.get("sampled_dcg", 0.0) + 1.0 / math.log2(r + 2)
+
+    def sums(self) -> dict[str, float]:
+        """Additive sums (all keys always present) to all-reduce across workers before ``finalize``."""
+        keys = ["count"] + [f"{m}@{k}" for k in self.ks for m in ("hits", "dcg")]
+        keys += ["sampled_hits", "sampled_dcg"] if self.sampled_negatives > 0 else []
+        return {k: self._sums.get(k, 0.0) for k in keys} | {"sampled_k": float(self.sampled_k)}
+
+    @staticmethod
+    def finalize(sums: dict[str, float]) -> dict[str, float]:
+        """Metric values from (summed) ``sums``: recall@k, hr@k, ndcg@k, sampled_hr@K, sampled_ndcg@K, count."""
+        n = max(sums["count"], 1.0)
+        out: dict[str, float] = {"count": sums["count"]}
+        for key, value in sums.items():
+            if key.startswith("hits@"):
+                k = key.split("@")[1]
+                out[f"recall@{k}"] = out[f"hr@{k}"] = value / n
+                out[f"ndcg@{k}"] = sums[f"dcg@{k}"] / n
+        if "sampled_hits" in sums:
+            k = int(sums.get("sampled_k", 10))
+            out[f"sampled_hr@{k}"] = sums["sampled_hits"] / n
+            out[f"sampled_ndcg@{k}"] = sums["sampled_dcg"] / n
+        return out

@@ -1,0 +1,106 @@
+"""The two towers. Each maps a batch of ids (+ features looked up from tables it holds) to (B, D)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .features import FeatureEncoder, HistoryPooling, mlp
+from .schema import DatasetSchema, Feature
+
+
+def _register_table(module: nn.Module, features: tuple[Feature, ...], rows: int,
+                    table: dict[str, np.ndarray] | None) -> None:
+    """Register each feature column as a buffer ``table_<name>`` (int64, (rows,) or (rows, max_length)).
+
+    The tables travel inside the state dict, so a checkpoint is self-contained for indexing and serving.
+    With ``table=None`` the buffers are zeros of the right shape (to be filled by ``load_state_dict``).
+    """
+    for f in features:
+        shape = (rows,) if f.kind in ("categorical", "numeric") else (rows, max(f.max_length, 1))
+        dtype = torch.float32 if f.kind == "numeric" else torch.int64
+        value = torch.zeros(shape, dtype=dtype)
+        if table is not None:
+            arr = torch.as_tensor(np.asarray(table[f.name]), dtype=dtype)
+            if arr.ndim == 2 and arr.shape[1] != shape[1]:
+                fixed = torch.zeros(shape, dtype=dtype)
+                n = min(arr.shape[1], shape[1])
+                fixed[:, :n] = arr[:, :n]
+                arr = fixed
+            if tuple(arr.shape) != shape:
+                raise ValueError(f"feature table {f.name!r} has shape {tuple(arr.shape)}, expected {shape}")
+            value = arr
+        module.register_buffer(f"table_{f.name}", value)
+
+
+def _lookup(module: nn.Module, features: tuple[Feature, ...], idx: torch.Tensor,
+            overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    overrides = overrides or {}
+    return {f.name: overrides[f.name] if f.name in overrides else getattr(module, f"table_{f.name}")[idx]
+            for f in features}
+
+
+class ItemTower(nn.Module):
+    """item_idx (M,) int64 -> item representation (M, D) float32.
+
+    Input = [item ID embedding, item side features (genres multi-hot, year, hashed title tokens, ...)]
+    -> MLP -> D, L2-normalised when ``cfg.l2_normalize``. The ID embedding (``id_embedding``) is also
+    used by the user tower to embed the history, so both towers speak of items in one space.
+    """
+
+    def __init__(self, schema: DatasetSchema, cfg: ModelConfig, item_table: dict[str, np.ndarray] | None):
+        super().__init__()
+        self.features = schema.item_features
+        self.id_embedding = nn.Embedding(schema.num_items, cfg.item_embedding_dim, padding_idx=0)
+        self.encoder = FeatureEncoder(self.features, cfg.feature_embedding_dim)
+        _register_table(self, self.features, schema.num_items, item_table)
+        self.mlp = mlp(cfg.item_embedding_dim + self.encoder.out_dim, cfg.hidden_dims, cfg.final_embedding_dim,
+                       cfg.activation, cfg.dropout, cfg.layer_norm)
+        self.normalize = cfg.l2_normalize
+
+    def forward(self, item_idx: torch.Tensor) -> torch.Tensor:
+        parts = [self.id_embedding(item_idx)]
+        if self.features:
+            parts.append(self.encoder(_lookup(self, self.features, item_idx)))
+        out = self.mlp(torch.cat(parts, dim=-1))
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+
+class UserTower(nn.Module):
+    """(user_idx (B,), history (B, N), [context (B, C)]) -> user representation (B, D) float32.
+
+    Input = [user ID embedding, user side features, pooled history of item ID embeddings (shared with
+    the item tower), context features when ``with_context``] -> MLP -> D, L2-normalised when configured.
+    User side features come from the table held by the tower, or from ``overrides`` (cold start: a
+    request supplies features for an unknown user, whose ID index is 0 and embeds to zero).
+    """
+
+    def __init__(self, schema: DatasetSchema, cfg: ModelConfig, user_table: dict[str, np.ndarray] | None,
+                 item_id_embedding: nn.Embedding, context_dim: int):
+        super().__init__()
+        self.features = schema.user_features
+        self.id_embedding = nn.Embedding(schema.num_users, cfg.user_embedding_dim, padding_idx=0)
+        self.encoder = FeatureEncoder(self.features, cfg.feature_embedding_dim)
+        _register_table(self, self.features, schema.num_users, user_table)
+        self.item_id_embedding = item_id_embedding
+        self.pooling = HistoryPooling(cfg.item_embedding_dim, cfg.history_pooling) \
+            if cfg.history_pooling != "none" else None
+        in_dim = cfg.user_embedding_dim + self.encoder.out_dim + context_dim
+        in_dim += cfg.item_embedding_dim if self.pooling is not None else 0
+        self.mlp = mlp(in_dim, cfg.hidden_dims, cfg.final_embedding_dim, cfg.activation, cfg.dropout,
+                       cfg.layer_norm)
+        self.normalize = cfg.l2_normalize
+
+    def forward(self, user_idx: torch.Tensor, history: torch.Tensor, context: torch.Tensor | None = None,
+                overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        parts = [self.id_embedding(user_idx)]
+        if self.features:
+            parts.append(self.encoder(_lookup(self, self.features, user_idx, overrides)))
+        if self.pooling is not None:
+            parts.append(self.pooling(self.item_id_embedding(history), history))
+        if context is not None:
+            parts.append(context)
+        out = self.mlp(torch.cat(parts, dim=-1))
+        return F.normalize(out, dim=-1) if self.normalize else out
