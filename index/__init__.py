@@ -1,0 +1,1 @@
+"""twotower.index: sharded FAISS indexes, manifest and exact-merge search (no Ray)."""
