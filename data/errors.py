@@ -1,0 +1,25 @@
+"""Errors raised while reading raw interaction files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataFormatError(ValueError):
+    """A raw input file is missing, empty or malformed.
+
+    The message always names the file and, where one applies, the 1-based line number and the
+    offending value, e.g. ``".../u.data line 17: user id 'abc' is not an integer"``.
+
+    Attributes:
+        path: the file concerned (as given).
+        line: 1-based line number, or None when the problem is not tied to one line.
+        value: the offending raw value, or None.
+    """
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None,
+                 value: str | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.value = value
+        where = self.path if line is None else f"{self.path} line {line}"
+        super().__init__(f"{where}: {message}")

@@ -1,0 +1,77 @@
+"""User and item feature tables of a prepared dataset, as dense numpy arrays for the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from twotower.model.schema import DatasetSchema, Feature, SchemaError
+
+
+def pad_lists(column: pa.ChunkedArray | pa.Array, max_length: int) -> np.ndarray:
+    """list<int> column of n rows -> int64 array (n, max_length), right-padded with 0, longer
+    lists truncated to their first ``max_length`` entries."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    out = np.zeros((n, max_length), np.int64)
+    if n == 0 or max_length == 0:
+        return out
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = np.diff(offsets)
+    row = np.repeat(np.arange(n), lengths)
+    col = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], lengths)
+    keep = col < max_length
+    out[row[keep], col[keep]] = values[keep]
+    return out
+
+
+def _feature_array(table: pa.Table, feat: Feature, path: Path) -> np.ndarray:
+    if feat.name not in table.column_names:
+        raise SchemaError(f"{path}: no column {feat.name!r} for feature {feat.name!r}")
+    col = table[feat.name]
+    if feat.kind == "categorical":
+        return col.to_numpy().astype(np.int64)
+    if feat.kind == "numeric":
+        return col.to_numpy().astype(np.float32)
+    return pad_lists(col, feat.max_length)
+
+
+def _read(path: Path, rows: int, index_col: str) -> pa.Table:
+    table = pq.read_table(path)
+    idx = table[index_col].to_numpy()
+    if len(idx) != rows or not np.array_equal(idx, np.arange(rows)):
+        raise SchemaError(f"{path}: expected {rows} rows with {index_col} == row number")
+    return table
+
+
+def load_feature_tables(dataset_dir: str | Path
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Load the user and item feature tables of a prepared dataset; row i is index i (row 0 =
+    unknown user/item, all zeros).
+
+    Returns:
+        ``(user_table, item_table)``, dicts keyed by feature name (every user feature / item feature
+        of ``schema.json``):
+
+        * categorical -> int64, shape (num_users,) or (num_items,);
+        * multi_hot / hashed_bag -> int64, shape (num_items, max_length) (or num_users), padded with 0;
+        * numeric -> float32, shape (num_rows,);
+        * ``item_table["train_count"]`` -> int64 (num_items,), train interactions per item.
+
+    Raises:
+        SchemaError: missing/invalid schema.json, a feature column missing, or row count/order of
+            ``users.parquet``/``items.parquet`` not matching the schema.
+    """
+    root = Path(dataset_dir)
+    schema = DatasetSchema.load(root)
+    users = _read(root / "users.parquet", schema.num_users, "user_idx")
+    items = _read(root / "items.parquet", schema.num_items, "item_idx")
+    user_table = {f.name: _feature_array(users, f, root / "users.parquet")
+                  for f in schema.user_features}
+    item_table = {f.name: _feature_array(items, f, root / "items.parquet")
+                  for f in schema.item_features}
+    item_table["train_count"] = items["train_count"].to_numpy().astype(np.int64)
+    return user_table, item_table

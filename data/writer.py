@@ -1,0 +1,200 @@
+"""Writing a prepared dataset directory: atomic output directory, part files, vocabularies, JSON.
+
+:func:`atomic_directory` yields a temporary directory next to the output (same filesystem) and
+renames it into place only when the ``with`` block succeeds; on any exception the temporary
+directory is removed and a pre-existing output is left untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger("twotower.data")
+ROW_GROUP_SIZE = 65_536
+ROWS_PER_FILE = 250_000
+
+
+def is_nonempty_output(path: Path) -> bool:
+    """True when ``path`` exists and is a file or a non-empty directory."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Context manager yielding a fresh temporary directory that becomes ``out`` on success.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an empty directory, and ``overwrite`` is False
+            (checked before anything is written).
+    """
+    out = Path(out)
+    if is_nonempty_output(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; use overwrite=True "
+                              f"(--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+        if out.exists() or out.is_symlink():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class PartWriter:
+    """Appends tables to ``directory/part-00000.parquet``, ``part-00001.parquet`` ... with at most
+    ``rows_per_file`` rows per file and row groups of ``row_group_size`` rows (the last group of a
+    file may be smaller), zstd-compressed without dictionary encoding. Always leaves at least one
+    (possibly empty) file after :meth:`close`.
+    """
+
+    def __init__(self, directory: str | Path, schema: pa.Schema,
+                 rows_per_file: int = ROWS_PER_FILE, row_group_size: int = ROW_GROUP_SIZE) -> None:
+        if rows_per_file < 1 or row_group_size < 1:
+            raise ValueError("rows_per_file and row_group_size must be >= 1")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema, self.rows_per_file, self.row_group_size = schema, rows_per_file, row_group_size
+        self.files: list[str] = []
+        self.rows = 0
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._in_file = 0
+
+    def _next_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        name = f"part-{len(self.files):05d}.parquet"
+        self.files.append(name)
+        self._writer = pq.ParquetWriter(self.directory / name, self.schema, compression="zstd",
+                                        use_dictionary=False)
+        self._in_file = 0
+
+    def _flush(self, final: bool) -> None:
+        table = pa.concat_tables(self._buffer) if self._buffer else self.schema.empty_table()
+        while table.num_rows >= self.row_group_size or (final and table.num_rows):
+            if self._writer is None or self._in_file >= self.rows_per_file:
+                self._next_file()
+            n = min(self.row_group_size, self.rows_per_file - self._in_file, table.num_rows)
+            self._writer.write_table(table.slice(0, n), row_group_size=n)
+            self._in_file += n
+            self.rows += n
+            table = table.slice(n)
+        if table.num_rows:  # copy the remainder so the big source chunk can be freed
+            table = table.take(pa.array(np.arange(table.num_rows)))
+        self._buffer, self._buffered = ([table] if table.num_rows else []), table.num_rows
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (must have this writer's schema)."""
+        if table.num_rows == 0:
+            return
+        self._buffer.append(table.select(self.schema.names).cast(self.schema))
+        self._buffered += table.num_rows
+        if self._buffered >= self.row_group_size:
+            self._flush(final=False)
+
+    def close(self) -> list[str]:
+        """Flush and close; returns the file names written (relative to the directory)."""
+        self._flush(final=True)
+        if self._writer is None:
+            self._next_file()
+        self._writer.close()
+        self._writer = None
+        return self.files
+
+
+def vocab_table(raw: Sequence[str] | pa.Array, start: int = 1) -> pa.Table:
+    """Vocabulary table: ``raw`` string, ``idx`` int32 = start, start+1, ... (index 0, unknown,
+    has no row)."""
+    raw_arr = raw if isinstance(raw, pa.Array) else pa.array(list(raw), pa.string())
+    idx = np.arange(start, start + len(raw_arr), dtype=np.int32)
+    return pa.table({"raw": raw_arr.cast(pa.string()), "idx": pa.array(idx)})
+
+
+def write_vocab(out: Path, name: str, raw: Sequence[str] | pa.Array) -> None:
+    """Write ``out/vocab/<name>.parquet`` (see :func:`vocab_table`)."""
+    (out / "vocab").mkdir(parents=True, exist_ok=True)
+    pq.write_table(vocab_table(raw), out / "vocab" / f"{name}.parquet")
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as indented JSON with sorted keys."""
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def list_column(lists: Sequence[Sequence[int]]) -> pa.Array:
+    """list<int32> column from Python lists of ints."""
+    return pa.array([list(x) for x in lists], pa.list_(pa.int32()))
+
+
+class InteractionWriter:
+    """Writes ``interactions/{train,valid,test}/part-*.parquet`` from the per-chunk tables of
+    :func:`twotower.data.split.build_split_tables` and counts train interactions per item.
+
+    Attributes:
+        train_count: int64 (num_items,), train rows per item index, accumulated over chunks.
+        rows: rows written per split (after :meth:`close`; running totals before).
+    """
+
+    def __init__(self, out: Path, num_items: int, rows_per_file: int = ROWS_PER_FILE,
+                 row_group_size: int = ROW_GROUP_SIZE) -> None:
+        from twotower.data.split import SPLITS, interaction_schema
+
+        self.writers = {s: PartWriter(Path(out) / "interactions" / s, interaction_schema(s != "train"),
+                                      rows_per_file, row_group_size) for s in SPLITS}
+        self.train_count = np.zeros(num_items, np.int64)
+        self.written = {s: 0 for s in SPLITS}
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return dict(self.written)
+
+    def write(self, tables: dict[str, pa.Table]) -> None:
+        """Append one chunk ``{split: table}``."""
+        for split, table in tables.items():
+            self.writers[split].write(table)
+            self.written[split] += table.num_rows
+        train_items = tables["train"]["item_idx"].to_numpy()
+        self.train_count += np.bincount(train_items, minlength=len(self.train_count))
+
+    def close(self) -> dict[str, list[str]]:
+        """Flush all splits; returns ``{split: [file names]}``."""
+        return {s: w.close() for s, w in self.writers.items()}

@@ -1,0 +1,112 @@
+"""``prepare`` command: write a prepared dataset from MovieLens files or a synthetic generator.
+
+    python -m twotower.jobs.prepare movielens --variant ml-1m --out datasets/ml-1m
+    python -m twotower.jobs.prepare synthetic --users 100000 --items 50000 \\
+        --interactions 5000000 --seed 0 --out datasets/synthetic
+
+Mounting in another CLI: ``add_subparser(subparsers)`` registers ``prepare`` with the two
+sub-commands and sets ``func``; the caller runs ``sys.exit(args.func(args))``. Exit codes: 0 ok,
+2 for bad input (malformed files, output exists, data not found, bad options).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from twotower.data.errors import DataFormatError
+from twotower.data.locate import DownloadError
+from twotower.data.movielens import VARIANTS
+
+log = logging.getLogger("twotower.data")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output dataset directory (written atomically)")
+    p.add_argument("--history-length", type=int, default=50, help="length N of `history`")
+    p.add_argument("--split", choices=("leave_last_out", "temporal"), default="leave_last_out")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="temporal split only")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="temporal split only")
+    p.add_argument("--rows-per-file", type=int, default=250_000)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``movielens`` and ``synthetic`` sub-commands to ``parser``."""
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{movielens,synthetic}")
+    ml = sub.add_parser("movielens", help="prepare a MovieLens dataset",
+                        description="Read GroupLens MovieLens files and write a prepared dataset.")
+    ml.add_argument("--variant", choices=VARIANTS, required=True)
+    ml.add_argument("--src", help="folder holding the raw files (default: search, see --data-dir)")
+    ml.add_argument("--data-dir", help="folder holding <variant>/ (searched before "
+                                       "$TWOTOWER_DATA_DIR and ../shared/data)")
+    ml.add_argument("--sha256", help="archive checksum, needed to download from GroupLens")
+    ml.add_argument("--min-rating", type=float, default=None,
+                    help="keep only ratings >= this (default: every rating is a positive)")
+    _add_common(ml)
+    syn = sub.add_parser("synthetic", help="generate a synthetic dataset with planted structure",
+                         description="Stream a synthetic dataset (clusters, Zipf popularity, "
+                                     "time-of-day effect) in the prepared-dataset layout.")
+    syn.add_argument("--users", type=int, required=True)
+    syn.add_argument("--items", type=int, required=True)
+    syn.add_argument("--interactions", type=int, required=True)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--clusters", type=int, default=20)
+    syn.add_argument("--chunk-users", type=int, default=50_000)
+    _add_common(syn)
+    parser.set_defaults(func=run)
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register ``prepare`` on an ``argparse`` sub-parsers object; returns the new parser."""
+    p = subparsers.add_parser("prepare", help="prepare a dataset (MovieLens or synthetic)",
+                              description="Write a prepared dataset directory.")
+    configure(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed ``prepare`` command; returns the process exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    common = dict(split=args.split, valid_fraction=args.valid_fraction,
+                  test_fraction=args.test_fraction, history_length=args.history_length,
+                  rows_per_file=args.rows_per_file, overwrite=args.overwrite)
+    t0 = time.time()
+    try:
+        if args.source == "movielens":
+            from twotower.data.locate import find_movielens
+            from twotower.data.prepare import prepare_movielens
+
+            src = args.src or find_movielens(args.variant, args.data_dir, sha256=args.sha256)
+            stats = prepare_movielens(args.out, args.variant, src=src, min_rating=args.min_rating,
+                                      **common)
+        else:
+            from twotower.data.synthetic import prepare_synthetic
+
+            stats = prepare_synthetic(args.out, args.users, args.items, args.interactions,
+                                      args.seed, clusters=args.clusters,
+                                      chunk_users=args.chunk_users, **common)
+    except (DataFormatError, FileExistsError, FileNotFoundError, DownloadError, ValueError) as e:
+        print(f"twotower prepare: error: {e}", file=sys.stderr)
+        return 2
+    rows = stats["rows"]
+    print(f"wrote {args.out}: train {rows['train']:,} / valid {rows['valid']:,} / test "
+          f"{rows['test']:,} rows, {stats['users']:,} users, {stats['items']:,} items "
+          f"in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m twotower.jobs.prepare {movielens,synthetic} ...``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="twotower prepare", description="Write a prepared dataset.")
+    configure(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

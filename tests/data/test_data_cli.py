@@ -1,0 +1,56 @@
+"""``python -m twotower.jobs.prepare`` and mounting it as ``twotower prepare``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twotower.jobs.prepare import add_subparser, main
+
+DATA = Path(os.environ.get("TWOTOWER_DATA_DIR",
+                           Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+
+
+def test_movielens_command_and_errors(tmp_path, capsys):
+    if not (DATA / "ml-100k").is_dir():
+        pytest.skip("ml-100k not available")
+    out = tmp_path / "ml"
+    assert main(["movielens", "--variant", "ml-100k", "--data-dir", str(DATA), "--out", str(out),
+                 "--history-length", "10", "--min-rating", "3"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["settings"]["min_rating"] == 3 and stats["settings"]["history_length"] == 10
+    assert "train" in capsys.readouterr().err
+    assert main(["movielens", "--variant", "ml-100k", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "u.data").write_text("1\t2\t3\t4\nx\t2\t3\t4\n")
+    assert main(["movielens", "--variant", "ml-100k", "--src", str(bad), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "u.data line 2: user id 'x' is not an integer" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_mounted_synthetic_command(tmp_path):
+    parser = argparse.ArgumentParser(prog="twotower")
+    add_subparser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["prepare", "synthetic", "--users", "200", "--items", "100",
+                              "--interactions", "3000", "--seed", "1", "--out",
+                              str(tmp_path / "s"), "--history-length", "8", "-q"])
+    assert args.func(args) == 0
+    stats = json.loads((tmp_path / "s" / "stats.json").read_text())
+    assert sum(stats["rows"].values()) == 3000
+
+
+def test_module_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "twotower.jobs.prepare", "synthetic", "--users",
+                           "50", "--items", "40", "--interactions", "500", "--out",
+                           str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "synthetic: 50 / 50 users" in proc.stderr and "wrote" in proc.stderr
