@@ -50,24 +50,28 @@ class FeatureEncoder(nn.Module):
 class HistoryPooling(nn.Module):
     """Pools the embeddings of a user's last N items (B, N, E) into (B, E).
 
-    ``mean``: average over non-padding positions. ``attention``: softmax(q . W h_j / sqrt(E)) weighted
-    sum with a learned query q (attention pooling as in YouTube/DIN-style user models, without the
-    target item so the user tower stays independent of the item tower). Empty histories give zeros.
+    ``mean``: average over non-padding positions. ``attention``: softmax_j(q . W (h_j + p_j) / sqrt(E))
+    weighted sum of h_j, with a learned query q and learned position embeddings p_j (position 0 = most
+    recent item, so recency can matter); attention pooling as in YouTube/DIN-style user models, without
+    the target item so the user tower stays independent of the item tower. Empty histories give zeros.
     """
 
-    def __init__(self, dim: int, mode: str):
+    def __init__(self, dim: int, mode: str, max_length: int = 0):
         super().__init__()
         self.mode = mode
         if mode == "attention":
             self.key = nn.Linear(dim, dim, bias=False)
             self.query = nn.Parameter(torch.zeros(dim))
+            self.position = nn.Embedding(max(max_length, 1), dim)
+            nn.init.normal_(self.position.weight, std=0.01)
 
     def forward(self, emb: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         mask = (history > 0).unsqueeze(-1)                       # (B, N, 1)
         if self.mode == "mean":
             total = (emb * mask).sum(dim=1)
             return total / mask.sum(dim=1).clamp(min=1)
-        logits = (self.key(emb) @ self.query) / emb.shape[-1] ** 0.5   # (B, N)
+        keys = self.key(emb + self.position.weight[: emb.shape[1]])
+        logits = (keys @ self.query) / emb.shape[-1] ** 0.5                 # (B, N)
         logits = logits.masked_fill(~mask.squeeze(-1), float("-inf"))
         weights = torch.softmax(logits, dim=1).nan_to_num(0.0)   # all-padding rows -> zeros
         return (weights.unsqueeze(-1) * emb).sum(dim=1)

@@ -85,7 +85,7 @@ class UserTower(nn.Module):
         self.encoder = FeatureEncoder(self.features, cfg.feature_embedding_dim)
         _register_table(self, self.features, schema.num_users, user_table)
         self.item_id_embedding = item_id_embedding
-        self.pooling = HistoryPooling(cfg.item_embedding_dim, cfg.history_pooling) \
+        self.pooling = HistoryPooling(cfg.item_embedding_dim, cfg.history_pooling, schema.history_length) \
             if cfg.history_pooling != "none" else None
         in_dim = cfg.user_embedding_dim + self.encoder.out_dim + context_dim
         in_dim += cfg.item_embedding_dim if self.pooling is not None else 0

@@ -107,3 +107,21 @@ def test_feature_table_shape_mismatch_is_reported(toy_schema, toy_tables):
     users, items = toy_tables
     with pytest.raises(ValueError, match="feature table 'year'"):
         TwoTowerModel(toy_schema, ModelConfig(), users, dict(items, year=np.zeros(5, dtype=np.int64)))
+
+
+def test_history_pooling_ignores_padding_and_attention_can_favour_recency():
+    from twotower.model.features import HistoryPooling
+
+    emb = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])       # third position is padding
+    history = torch.tensor([[4, 9, 0]])
+    mean = HistoryPooling(2, "mean")(emb, history)
+    assert torch.allclose(mean, torch.tensor([[0.5, 0.5]]))
+    att = HistoryPooling(2, "attention", max_length=3)
+    with torch.no_grad():
+        att.key.weight.copy_(torch.eye(2))
+        att.query.copy_(torch.tensor([50.0, 0.0]))
+        att.position.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    pooled = att(emb, history)                                         # position 0 (most recent) wins
+    assert torch.allclose(pooled, torch.tensor([[1.0, 0.0]]), atol=1e-4)
+    empty = att(emb, torch.zeros(1, 3, dtype=torch.long))
+    assert torch.equal(empty, torch.zeros(1, 2))
