@@ -62,5 +62,8 @@ def to_numpy_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> di
 def to_tensors(batch: Mapping[str, np.ndarray], schema: DatasetSchema,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """`to_numpy_batch`, then `torch.from_numpy` on ``device``. Shapes: ids (B,), history (B, N)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
-            for k, v in to_numpy_batch(batch, schema).items()}
+    out = {}
+    for k, v in to_numpy_batch(batch, schema).items():
+        v = np.ascontiguousarray(v)
+        out[k] = (torch.from_numpy(v) if v.flags.writeable else torch.tensor(v)).to(device)
+    return out

@@ -5,7 +5,8 @@ item. Full ranking ranks the whole catalogue except the unknown item 0 and the u
 splits (``seen``; the target itself is never excluded). With one target per query Recall@k equals
 HR@k (the target is in the top k); both are reported under the names the field uses.
 
-    rank   = number of candidate items scoring strictly higher than the target (0-based)
+    rank   = number of candidate items scoring higher than the target (0-based; ties go to the
+             smaller item index, so coarse scorers like popularity get no credit for ties)
     HR@k   = Recall@k = mean[rank < k]
     NDCG@k = mean[(rank < k) / log2(rank + 2)]          (one relevant item, so IDCG = 1)
 
@@ -71,7 +72,7 @@ class RankingAccumulator:
             if s is not None and len(s):
                 scores[i, torch.as_tensor(np.asarray(s, dtype=np.int64))] = float("-inf")
         scores[rows, target] = target_score
-        rank = (scores > target_score.unsqueeze(1)).sum(dim=1).numpy()
+        rank = _rank(scores, target_score, target)
         self._sums["count"] += len(target)
         for k in self.ks:
             hit = rank < k
@@ -79,20 +80,23 @@ class RankingAccumulator:
             self._sums[f"dcg@{k}"] = self._sums.get(f"dcg@{k}", 0.0) + float((hit / np.log2(rank + 2)).sum())
         if self.sampled_negatives > 0:
             k = self.sampled_k
+            hits_key, dcg_key = f"sampled_hits@{k}", f"sampled_dcg@{k}"
             for i in range(len(target)):
                 t = int(target[i])
                 excluded = np.union1d(np.asarray(seen[i] if seen[i] is not None else [], dtype=np.int64), [0, t])
                 neg = self._sample_negatives(int(users[i]), t, excluded)
-                r = int((scores[i, torch.from_numpy(neg)] > target_score[i]).sum())
+                neg_t = torch.from_numpy(neg)
+                r = int(_rank(scores[i, neg_t].unsqueeze(0), target_score[i:i + 1], target[i:i + 1], neg_t)[0])
                 if r < k:
-                    self._sums["sampled_hits"] = self._sums.get("sampled_hits", 0.0) + 1.0
-                    self._sums["sampled_dcg"] = self._sums.get("sampled_dcg", 0.0) + 1.0 / math.log2(r + 2)
+                    self._sums[hits_key] = self._sums.get(hits_key, 0.0) + 1.0
+                    self._sums[dcg_key] = self._sums.get(dcg_key, 0.0) + 1.0 / math.log2(r + 2)
 
     def sums(self) -> dict[str, float]:
         """Additive sums (all keys always present) to all-reduce across workers before ``finalize``."""
         keys = ["count"] + [f"{m}@{k}" for k in self.ks for m in ("hits", "dcg")]
-        keys += ["sampled_hits", "sampled_dcg"] if self.sampled_negatives > 0 else []
-        return {k: self._sums.get(k, 0.0) for k in keys} | {"sampled_k": float(self.sampled_k)}
+        if self.sampled_negatives > 0:
+            keys += [f"sampled_hits@{self.sampled_k}", f"sampled_dcg@{self.sampled_k}"]
+        return {k: self._sums.get(k, 0.0) for k in keys}
 
     @staticmethod
     def finalize(sums: dict[str, float]) -> dict[str, float]:
@@ -104,8 +108,22 @@ class RankingAccumulator:
                 k = key.split("@")[1]
                 out[f"recall@{k}"] = out[f"hr@{k}"] = value / n
                 out[f"ndcg@{k}"] = sums[f"dcg@{k}"] / n
-        if "sampled_hits" in sums:
-            k = int(sums.get("sampled_k", 10))
-            out[f"sampled_hr@{k}"] = sums["sampled_hits"] / n
-            out[f"sampled_ndcg@{k}"] = sums["sampled_dcg"] / n
+            elif key.startswith("sampled_hits@"):
+                k = key.split("@")[1]
+                out[f"sampled_hr@{k}"] = value / n
+                out[f"sampled_ndcg@{k}"] = sums[f"sampled_dcg@{k}"] / n
         return out
+
+
+def _rank(scores: torch.Tensor, target_score: torch.Tensor, target: torch.Tensor,
+          columns: torch.Tensor | None = None) -> np.ndarray:
+    """0-based rank of each row's target among the columns of ``scores`` (B, C).
+
+    Ties are broken by item index (a tied item with a smaller index ranks first), so a constant or
+    coarse scorer such as popularity gets no credit for ties. ``columns`` (C,) gives the item index of
+    each column (default 0..C-1).
+    """
+    cols = torch.arange(scores.shape[1]) if columns is None else columns
+    t = target_score.unsqueeze(1)
+    tied_before = (scores == t) & (cols.unsqueeze(0) < target.unsqueeze(1))
+    return ((scores > t) | tied_before).sum(dim=1).numpy()

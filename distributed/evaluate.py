@@ -1,0 +1,89 @@
+"""Offline evaluation of a checkpoint on a split, in-process (no Ray): model vs popularity baseline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from twotower.data.tables import load_feature_tables, pad_lists
+from twotower.distributed.data import SEEN_COLUMN, split_dir
+from twotower.model.batch import batch_columns, to_tensors
+from twotower.model.checkpoint import load_checkpoint
+from twotower.model.metrics import RankingAccumulator, popularity_scores
+from twotower.model.schema import DatasetSchema
+
+SAMPLED_NEGATIVES = 100     # same as training validation, so valid metrics match the reported ones
+
+
+def _list_rows(column: pa.Array) -> list[np.ndarray]:
+    """list<int> arrow column -> one int64 array per row (empty array for null)."""
+    offsets = column.offsets.to_numpy()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    base = offsets[0]
+    return [values[offsets[i] - base:offsets[i + 1] - base] for i in range(len(column))]
+
+
+def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int = 1024
+                       ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+    """Stream a split's parquet files (pyarrow ``iter_batches``): (numpy columns, seen item arrays).
+
+    Only ``batch_columns(schema)`` and ``seen_items`` are read; ``history`` comes back as (B, N) int64.
+    Raises FileNotFoundError when the split has no parquet files, KeyError when ``seen_items`` is missing.
+    """
+    columns = batch_columns(schema) + [SEEN_COLUMN]
+    for path in sorted(split_dir(dataset_dir, split).glob("*.parquet")):
+        pf = pq.ParquetFile(path)
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise KeyError(f"{path}: missing columns {missing} (evaluation needs a valid/test split)")
+        for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
+            cols = {name: rb.column(name) for name in rb.schema.names}
+            seen = _list_rows(cols.pop(SEEN_COLUMN))
+            hist = pad_lists(cols.pop("history"), schema.history_length)
+            batch = {name: np.array(col.to_numpy(zero_copy_only=False)) for name, col in cols.items()}
+            batch["history"] = hist
+            yield batch, seen
+
+
+@torch.no_grad()
+def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "test",
+             ks: Sequence[int] = (10, 20, 50), batch_size: int = 1024, device: str | torch.device = "cpu") -> dict:
+    """Full-ranking metrics of a checkpoint and of the popularity baseline on ``split``.
+
+    Every query ranks the whole catalogue minus item 0 and the user's earlier items (``seen_items``);
+    popularity scores items by their train interaction count. Both use the same accumulator.
+
+    Returns:
+        ``{"model": {...}, "popularity": {...}, "split", "num_queries", "checkpoint", "dataset_dir", "ks"}``
+        where each metrics dict has ``recall@k``, ``hr@k``, ``ndcg@k`` per k, ``sampled_hr@10``,
+        ``sampled_ndcg@10`` and ``count``.
+
+    Raises:
+        CheckpointError: unreadable checkpoint. SchemaError / FileNotFoundError: not a prepared dataset.
+        ValueError: the checkpoint was trained on different vocabulary sizes than ``dataset_dir``.
+    """
+    loaded = load_checkpoint(checkpoint_dir, map_location=device)
+    model, schema = loaded.model, DatasetSchema.load(dataset_dir)
+    trained = loaded.schema
+    if (trained.num_users, trained.num_items, trained.history_length) != (
+            schema.num_users, schema.num_items, schema.history_length):
+        raise ValueError(f"checkpoint {checkpoint_dir} was trained on {trained.num_users} users / "
+                         f"{trained.num_items} items / history {trained.history_length}, but {dataset_dir} "
+                         f"has {schema.num_users} / {schema.num_items} / {schema.history_length}")
+    _, item_table = load_feature_tables(dataset_dir)
+    popularity = popularity_scores(item_table["train_count"]).to(device)
+    accs = {name: RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
+            for name in ("model", "popularity")}
+    item_embs = model.all_item_embeddings()
+    for numpy_batch, seen in iter_split_batches(dataset_dir, split, schema, batch_size):
+        batch = to_tensors(numpy_batch, schema, device)
+        target, users = batch["item_idx"], batch["user_idx"]
+        accs["model"].add(model.rank_scores(batch, item_embs), target, seen, user_idx=users)
+        accs["popularity"].add(popularity.expand(len(target), -1), target, seen, user_idx=users)
+    out = {name: RankingAccumulator.finalize(acc.sums()) for name, acc in accs.items()}
+    return {**out, "split": split, "num_queries": int(out["model"]["count"]),
+            "checkpoint": str(checkpoint_dir), "dataset_dir": str(dataset_dir), "ks": sorted(set(ks))}
