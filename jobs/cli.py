@@ -9,12 +9,12 @@ import argparse
 import importlib
 import sys
 
-JOBS = ("prepare", "train", "evaluate")
+JOBS = ("prepare", "train", "evaluate", "index", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twotower", description="Two-tower retrieval on Ray: "
-                                     "prepare data, train, evaluate.")
+                                     "prepare data, train, evaluate, index, serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(JOBS) + "}")
     for name in JOBS:
         importlib.import_module(f"twotower.jobs.{name}").add_subparser(sub)

@@ -1,1 +1,19 @@
-"""twotower.serve"""
+"""twotower.serve: context-aware top-k retrieval over HTTP with Ray Serve.
+
+Pure modules (no Ray; unit-tested without Serve):
+
+* :mod:`.schema` pydantic request/response models, :class:`~.schema.RequestError` (4xx naming a field);
+* :mod:`.context` request context (named fields or ``timestamp``) -> the model's context features;
+* :mod:`.user_state` raw user id -> index, latest history, seen items, cold-start user features;
+* :mod:`.catalogue` item ids, titles, popularity;
+* :mod:`.query` :class:`~.query.QueryEncoder`: query vectors per context mode, scoring-layer re-rank;
+* :mod:`.user_cache` the per-user table of trilinear / scoring_layer serving;
+* :mod:`.shards` one-shard loading, index versions, batched shard search, exact merge;
+* :mod:`.fanout` fan-out to every shard with version agreement during index swaps;
+* :mod:`.recommender` ``recommend`` / ``similar_items``: the one pipeline used offline and behind HTTP;
+* :mod:`.loading` building those pieces from a checkpoint + dataset; :mod:`.config` app args + Serve YAML.
+
+Ray Serve: :mod:`.app` (deployments ``Ingress``, ``QueryEncoder``, ``Searcher0..S-1`` and
+``build_app``), :mod:`.http` (FastAPI app and error mapping), :mod:`.deploy` (``serve deploy`` from
+Python). Command line: ``twotower serve`` (:mod:`twotower.jobs.serve`).
+"""

@@ -41,14 +41,11 @@ def synthetic_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ml100k_dataset(tmp_path_factory):
-    """MovieLens-100K prepared from ``$TWOTOWER_DATA_DIR`` or ``../shared/data`` (skipped if absent)."""
+    """MovieLens-100K prepared from ``$TWOTOWER_DATA_DIR`` or ``../shared/data`` (an error if absent)."""
     from twotower.data.locate import find_movielens
     from twotower.data.prepare import prepare_movielens
 
-    try:
-        src = find_movielens("ml-100k", os.environ.get("TWOTOWER_DATA_DIR"), allow_download=False)
-    except FileNotFoundError as e:
-        pytest.skip(f"ml-100k not available: {e}")
+    src = find_movielens("ml-100k", os.environ.get("TWOTOWER_DATA_DIR"), allow_download=False)
     out = tmp_path_factory.mktemp("datasets") / "ml-100k"
     prepare_movielens(out, "ml-100k", src=src)
     return out

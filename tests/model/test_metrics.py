@@ -66,3 +66,12 @@ def test_sampled_negatives_avoid_seen_items():
 def test_popularity_scores_follow_counts():
     s = popularity_scores(np.array([0, 5, 1, 9]))
     assert s.argsort(descending=True).tolist()[:2] == [3, 1]
+
+
+def test_ties_give_no_credit_to_a_constant_scorer():
+    # every item scores the same: target 5 has items 1..4 ranked before it (smaller indices)
+    acc = RankingAccumulator([1, 5], num_items=10, sampled_negatives=0)
+    acc.add(torch.ones(1, 10), torch.tensor([5]), [None])
+    m = _finalize(acc)
+    assert m["hr@1"] == 0.0 and m["hr@5"] == 1.0
+    assert math.isclose(m["ndcg@5"], 1 / math.log2(4 + 2))

@@ -1,0 +1,230 @@
+"""Load test of the twotower Serve application: latency percentiles and throughput at fixed concurrency.
+
+    python bench/serve_load.py --dataset datasets/ml-1m --checkpoint CKPT --index INDEX
+    python bench/serve_load.py --prepare ml-1m --work /tmp/serve-bench      # prepare, quick-train, index
+
+For each concurrency level (default 1, 8, 32) it sends a fixed number of ``POST /v1/recommend``
+requests (``--requests``, stopping early at ``--time-cap`` seconds) from that many client threads and
+prints p50/p95/p99 latency and requests/s for three paths over the same request bodies:
+
+* ``search``: ``ShardedIndex.search`` of precomputed query vectors, one query per call, in this process;
+* ``pipeline``: :func:`twotower.serve.recommender.recommend` in this process (plan, encode, search);
+* ``http``: the Serve application (ingress -> encoder -> shard searchers) over HTTP on 127.0.0.1.
+
+Everything stays on the loopback interface. Without ``--checkpoint`` a model with the default
+architecture is trained for ``--train-steps`` steps in-process (latency does not depend on how well it
+is trained); without ``--index`` an exact ``Flat`` index with ``--num-shards`` shards is built.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+TS_RANGE = (956_703_932, 1_046_454_590)      # ML-1M's time span (unix seconds)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", help="prepared dataset directory")
+    p.add_argument("--prepare", default="ml-1m", help="MovieLens variant to prepare when --dataset is absent")
+    p.add_argument("--checkpoint", help="checkpoint directory (default: quick-train one into --work)")
+    p.add_argument("--index", help="index directory (default: build a Flat index into --work)")
+    p.add_argument("--work", default="/tmp/twotower-serve-bench", help="where prepared/trained artifacts go")
+    p.add_argument("--mode", default="user_tower", choices=["user_tower", "trilinear", "scoring_layer"])
+    p.add_argument("--train-steps", type=int, default=50)
+    p.add_argument("--num-shards", type=int, default=2)
+    p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level and path")
+    p.add_argument("--time-cap", type=float, default=60.0, help="seconds per concurrency level and path")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
+    p.add_argument("--paths", default="search,pipeline,http")
+    p.add_argument("--out", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def artifacts(args) -> tuple[Path, Path, Path]:
+    """(dataset, checkpoint, index), preparing / training / building what was not given."""
+    work = Path(args.work)
+    dataset = Path(args.dataset) if args.dataset else work / args.prepare
+    if not (dataset / "schema.json").exists():
+        from twotower.data.prepare import prepare_movielens
+        print(f"preparing {args.prepare} into {dataset}", flush=True)
+        prepare_movielens(dataset, args.prepare)
+    ckpt = Path(args.checkpoint) if args.checkpoint else work / f"checkpoint-{args.mode}"
+    if not (ckpt / "checkpoint.json").exists():
+        print(f"training a {args.mode} model for {args.train_steps} steps into {ckpt}", flush=True)
+        quick_train(dataset, ckpt, args.mode, args.train_steps)
+    index = Path(args.index) if args.index else work / f"index-{args.mode}-{args.num_shards}"
+    if not (index / "manifest.json").exists():
+        from twotower.index import build_local_index, checkpoint_record
+        from twotower.model.checkpoint import load_checkpoint
+        loaded = load_checkpoint(ckpt)
+        emb = loaded.model.all_item_embeddings().numpy()
+        import pyarrow.parquet as pq
+        ids = pq.read_table(dataset / "items.parquet", columns=["item_id"])["item_id"].to_pylist()
+        build_local_index(index, emb[1:], np.arange(1, len(emb)), ids[1:], num_shards=args.num_shards,
+                          checkpoint=checkpoint_record(ckpt, loaded.meta), overwrite=True)
+    return dataset, ckpt, index
+
+
+def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
+    """Default-architecture model, ``steps`` steps of in-batch softmax on the train split, saved to ``out``."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from twotower.data.tables import load_feature_tables, pad_lists
+    from twotower.model.batch import to_tensors
+    from twotower.model.checkpoint import save_checkpoint
+    from twotower.model.config import ModelConfig
+    from twotower.model.loss import compute_loss
+    from twotower.model.schema import DatasetSchema
+    from twotower.model.twotower import TwoTowerModel
+
+    schema = DatasetSchema.load(dataset)
+    torch.manual_seed(0)
+    model = TwoTowerModel(schema, ModelConfig(context_mode=mode), *load_feature_tables(dataset))
+    train = pq.read_table(dataset / "interactions" / "train")
+    cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
+    cols["history"] = pad_lists(train["history"], schema.history_length)
+    opt, rng = torch.optim.Adam(model.parameters(), lr=1e-3), np.random.default_rng(0)
+    for _ in range(steps):
+        rows = rng.integers(0, train.num_rows, 512)
+        loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_checkpoint(model.eval(), out, dataset_dir=str(dataset), extra={"note": f"serve bench, {steps} steps"})
+
+
+def request_bodies(state, n: int, k: int, seed: int = 0) -> list[dict]:
+    """``n`` request bodies: known users drawn uniformly, timestamps uniform over the data's span."""
+    raw = {idx: user_id for user_id, idx in state.users.user_vocab.items()}
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, state.schema.num_users, n)
+    ts = rng.integers(*TS_RANGE, n)
+    return [{"user_id": raw[int(u)], "context": {"timestamp": int(t)}, "k": k} for u, t in zip(users, ts)]
+
+
+def run_level(call, n: int, concurrency: int, time_cap: float) -> dict:
+    """Issue calls 0..n-1 from ``concurrency`` threads until done or ``time_cap`` s; latency stats."""
+    lat, errors, lock, counter = [], [0], threading.Lock(), iter(range(n))
+    deadline = time.perf_counter() + time_cap
+
+    def worker() -> None:
+        while time.perf_counter() < deadline:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            ok = call(i)
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt)
+                errors[0] += 0 if ok else 1
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - start
+    ms = np.asarray(lat) * 1000.0
+    return {"concurrency": concurrency, "requests": len(lat), "errors": errors[0], "seconds": round(wall, 2),
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "rps": len(lat) / wall, "load1": round(os.getloadavg()[0], 1)}
+
+
+def machine() -> str:
+    import faiss
+    import ray
+    import torch
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, faiss {faiss.__version__}, "
+            f"load average at start {load:.1f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    paths = args.paths.split(",")
+    dataset, ckpt, index_dir = artifacts(args)
+
+    import requests
+    from ray import serve
+
+    from twotower.index import ShardedIndex
+    from twotower.serve.loading import load_encoder, load_serving_state
+    from twotower.serve.recommender import LocalBackend, plan_recommend, recommend
+    from twotower.serve.schema import RecommendRequest
+
+    state = load_serving_state(ckpt, dataset)
+    bodies = request_bodies(state, args.requests, args.k)
+    encoder, _ = load_encoder(ckpt, dataset)
+    index = ShardedIndex.load(index_dir)
+    reqs = [RecommendRequest.model_validate(b) for b in bodies]
+    plans = [plan_recommend(r, state) for r in reqs]
+    queries = encoder.encode([p.query for p in plans])
+    backend = LocalBackend(encoder, index)
+    results, info = [], machine()
+    print(f"machine: {info}\ndataset {dataset}, checkpoint {ckpt} ({state.mode.value}), index {index_dir} "
+          f"({index.num_shards} shards, {index.factory}, {index.num_items} items)", flush=True)
+
+    def record(path: str, call) -> None:
+        for c in levels:
+            r = {"path": path, **run_level(call, len(bodies), c, args.time_cap)}
+            results.append(r)
+            print(f"{path:9s} c={c:3d}  n={r['requests']:5d} err={r['errors']}  p50 {r['p50_ms']:7.2f} ms  "
+                  f"p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['rps']:8.1f} req/s  (load {r['load1']})", flush=True)
+
+    if "search" in paths:
+        record("search", lambda i: index.search(queries[i:i + 1], args.k, exclude=[plans[i].exclude]) is not None)
+    if "pipeline" in paths:
+        record("pipeline", lambda i: asyncio.run(recommend(reqs[i], state, backend)) is not None)
+    if "http" in paths:
+        import ray
+        from twotower.serve.app import build_app
+        from twotower.serve.deploy import wait_ready
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        serve.run(build_app({"checkpoint": str(ckpt), "dataset": str(dataset), "index": str(index_dir),
+                             "num_cpus": 0.5, "access_log": False}), name="bench", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, 300)
+        local = threading.local()
+
+        def http(i: int) -> bool:
+            if not hasattr(local, "s"):
+                local.s = requests.Session()
+            return local.s.post(f"{base}/v1/recommend", json=bodies[i], timeout=60).status_code == 200
+        run_level(http, 50, 4, 30)                                    # warm-up (not recorded)
+        try:
+            record("http", http)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": info, "args": vars(args), "results": results}, indent=2))
+    return 0
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""``serve`` command: context-aware top-k retrieval over HTTP with Ray Serve.
+
+    twotower serve --index runs/index --checkpoint runs/ml-1m/best_checkpoint --host 127.0.0.1 --port 8000
+    python -m twotower.jobs.serve --index DIR --checkpoint DIR --dataset DIR --port 8000
+    twotower serve --index DIR --checkpoint DIR --write-config serve.yaml   # then: serve deploy serve.yaml
+    twotower serve --config serve.yaml                                        # deploy an existing config
+    twotower serve --checkpoint DIR --write-user-cache DIR                    # trilinear per-user table
+
+Starts a local Ray (or joins ``--address``), starts Serve with its HTTP proxy on ``--host:--port``
+(127.0.0.1 by default: nothing listens on another address unless asked), deploys the application
+declaratively (like ``serve deploy``, so an edited config can later swap the index in place), waits
+until ``/healthz`` is ready and serves until Ctrl-C. Exit codes: 0 ok, 2 bad input (checkpoint, index,
+dataset, config), 1 Serve failed to start. SIGTERM stops it like Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from twotower.index.manifest import IndexFormatError, Manifest
+from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
+from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` arguments to ``p`` and set ``func``."""
+    p.add_argument("--index", help="index directory (twotower index); served by one searcher per shard")
+    p.add_argument("--checkpoint", help="checkpoint directory (twotower train)")
+    p.add_argument("--dataset", help="prepared dataset (default: the checkpoint's dataset_dir)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--config", help="deploy this Serve config file instead of one built from the flags")
+    p.add_argument("--write-config", metavar="FILE", help="write the Serve config (serve deploy-able) and exit")
+    p.add_argument("--write-user-cache", metavar="DIR", help="build the per-user table (trilinear / "
+                   "scoring_layer) into DIR and exit")
+    p.add_argument("--user-cache", help="per-user table written by --write-user-cache (else built at startup)")
+    p.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--app-name", default=APP_NAME)
+    p.add_argument("--route-prefix", default="/")
+    p.add_argument("--shard-replicas", type=int, default=1, help="replicas of each shard searcher")
+    p.add_argument("--encoder-replicas", type=int, default=1)
+    p.add_argument("--ingress-replicas", type=int, default=1)
+    p.add_argument("--num-cpus", type=float, default=0.25, help="logical CPUs reserved per replica (scheduling only)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of index files")
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for /healthz")
+    p.set_defaults(func=run)
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register ``serve`` on an ``argparse`` sub-parsers object; returns the new parser."""
+    p = subparsers.add_parser("serve", help="serve top-k retrieval over HTTP (Ray Serve)",
+                              description="Ray Serve application answering context-aware top-k queries.")
+    configure(p)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    """The Serve config from ``--config`` or the flags. Raises ValueError / CheckpointError / IndexFormatError."""
+    if args.config:
+        return yaml.safe_load(Path(args.config).read_text())
+    if not args.checkpoint or not args.index:
+        raise ValueError("--checkpoint and --index are required (or give --config)")
+    sha = (read_checkpoint_meta(args.checkpoint).get("sha256") or {}).get("model.pt")   # fail early
+    built = Manifest.read(args.index).checkpoint.get("model_sha256")
+    if sha and built and sha != built:
+        raise ValueError(f"{args.index} was built from checkpoint model {built[:12]}, {args.checkpoint} is {sha[:12]}")
+    app = AppArgs(checkpoint=str(Path(args.checkpoint).resolve()),
+                  dataset=str(Path(args.dataset).resolve()) if args.dataset else None,
+                  user_cache=str(Path(args.user_cache).resolve()) if args.user_cache else None,
+                  shard_replicas=args.shard_replicas, encoder_replicas=args.encoder_replicas,
+                  ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify)
+    return serve_config(app, index=str(Path(args.index).resolve()), host=args.host, port=args.port,
+                        app_name=args.app_name, route_prefix=args.route_prefix)
+
+
+def write_user_cache(args: argparse.Namespace) -> Path:
+    from twotower.model.checkpoint import load_checkpoint
+    from twotower.serve.loading import resolve_dataset
+    from twotower.serve.user_cache import build_user_cache, save_user_cache
+    from twotower.serve.user_state import UserState
+
+    if not args.checkpoint:
+        raise ValueError("--write-user-cache needs --checkpoint")
+    loaded = load_checkpoint(args.checkpoint)
+    state = UserState.load(resolve_dataset(loaded.meta, args.dataset, args.checkpoint), loaded.schema)
+    table = build_user_cache(loaded.model, state)
+    return save_user_cache(args.write_user_cache, table, loaded.meta["sha256"]["model.pt"], state)
+
+
+def serve_forever(config: dict, address: str | None, ready_timeout: float) -> int:
+    """Start Ray + Serve, deploy ``config``, wait for /healthz, block until Ctrl-C; returns an exit code."""
+    import ray
+    from ray import serve
+
+    from twotower.serve.deploy import deploy_config, wait_ready
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    http = config.get("http_options") or {"host": "127.0.0.1", "port": 8000}
+    kwargs = {"address": address} if address else {"dashboard_host": "127.0.0.1", "include_dashboard": True}
+    ctx = ray.init(**kwargs)
+    # after ray.init (which installs its own SIGTERM handler): SIGTERM shuts down like Ctrl-C, through
+    # serve.shutdown() and ray.shutdown(); SIGINT works even when started with it ignored (``cmd &``)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        serve.start(http_options=http, proxy_location=config.get("proxy_location", "HeadOnly"))
+        deploy_config(config, ctx.dashboard_url)
+        host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
+        for app in config["applications"]:
+            base = f"http://{host}:{http['port']}{app.get('route_prefix', '/').rstrip('/')}"
+            wait_ready(base, ready_timeout)
+            print(f"serving {app['name']} at {base} (OpenAPI: {base}/docs); Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    except (TimeoutError, RuntimeError) as e:
+        print(f"twotower serve: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if address:
+            for app in config["applications"]:
+                serve.delete(app["name"])
+        else:
+            serve.shutdown()
+        ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.write_user_cache:
+            print(f"wrote {write_user_cache(args)}")
+            return 0
+        config = build_config(args)
+        if args.write_config:
+            print(f"wrote {write_serve_config(args.write_config, config)}")
+            return 0
+    except (ValueError, ValidationError, CheckpointError, IndexFormatError, FileNotFoundError, OSError) as e:
+        print(f"twotower serve: {e}", file=sys.stderr)
+        return 2
+    return serve_forever(config, args.address, args.ready_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="twotower serve", description=__doc__.splitlines()[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

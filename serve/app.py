@@ -1,0 +1,207 @@
+"""Ray Serve deployments (thin adapters over the pure modules) and the application builder.
+
+    HTTP -> Ingress (FastAPI) --encode--> QueryEncoder (serve.batch)
+                              --search--> Searcher0 .. Searcher{S-1} (one per shard, serve.batch)
+                              --rerank--> QueryEncoder (scoring_layer only)
+
+``build_app(args)`` (``import_path: twotower.serve.app:build_app``) builds the application from
+:class:`~twotower.serve.config.AppArgs`. Index swap: new ``user_config.index_dir`` for the searchers
+(``reconfigure``); see :mod:`twotower.serve.config`.
+"""
+# no ``from __future__ import annotations`` here: FastAPI must see real types in the route signatures
+# that ``serve.ingress`` re-binds (string annotations would turn the body into a query parameter).
+import asyncio
+import logging
+
+import faiss
+import numpy as np
+import torch
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from twotower.model.checkpoint import read_checkpoint_meta
+
+from .config import AppArgs, searcher_name
+from .fanout import search_all
+from .http import create_api
+from .loading import load_encoder, load_serving_state
+from .query import QueryInput
+from .recommender import recommend, similar_items
+from .schema import (ContextField, ErrorBody, IndexSummary, ModelInfo, RecommendRequest, RecommendResponse,
+                     ShardStatus, SimilarItemsRequest, SimilarItemsResponse, Unavailable)
+from .shards import SearchRequest, SearchResult, ShardStore
+
+log = logging.getLogger("twotower.serve")
+api = create_api()
+ERRORS = {s: {"model": ErrorBody} for s in (404, 422, 503)}
+STATUS_TIMEOUT_S = 5.0
+
+
+@serve.deployment(name="QueryEncoder", max_ongoing_requests=64)
+class QueryEncoderDeployment:
+    """Query vectors from resolved requests, batched across concurrent requests."""
+
+    def __init__(self, checkpoint: str, dataset: str | None = None, user_cache: str | None = None,
+                 threads: int = 1, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002):
+        torch.set_num_threads(threads)
+        self.encoder, self.model_version = load_encoder(checkpoint, dataset, user_cache)
+        self.encode.set_max_batch_size(max_batch_size)
+        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def encode(self, queries: list[QueryInput]) -> list[np.ndarray]:
+        return list(self.encoder.encode(queries))
+
+    async def rerank(self, query: QueryInput, candidates: np.ndarray) -> np.ndarray:
+        return self.encoder.rerank([query], np.asarray(candidates, np.int64)[None, :])[0]
+
+    async def item_vector(self, item_idx: int) -> np.ndarray:
+        return self.encoder.item_vectors(np.asarray([item_idx]))[0]
+
+    async def info(self) -> dict:
+        return {"model_version": self.model_version, "context_mode": self.encoder.mode.value}
+
+
+@serve.deployment(name="Searcher", max_ongoing_requests=64)
+class ShardSearcher:
+    """One index shard. ``user_config``: ``{"index_dir": DIR, "verify": bool, "search_params": {...}}``."""
+
+    def __init__(self, shard: int, model_sha256: str | None = None, threads: int = 1, max_batch_size: int = 32,
+                 batch_wait_timeout_s: float = 0.001):
+        faiss.omp_set_num_threads(threads)
+        self.store, self.model_sha256 = ShardStore(shard), model_sha256
+        self.lock = asyncio.Lock()
+        self.search.set_max_batch_size(max_batch_size)
+        self.search.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def reconfigure(self, config: dict) -> None:
+        """Load ``config["index_dir"]`` in a thread while the loaded version keeps answering. A first load
+        that fails raises (the replica does not start); a later one keeps the old version and reports the
+        error in ``/v1/model``."""
+        index_dir = (config or {}).get("index_dir")
+        if not index_dir:
+            return
+        async with self.lock:
+            try:
+                version, index = await asyncio.to_thread(
+                    self.store.open, index_dir, verify=bool(config.get("verify", True)),
+                    search_params=config.get("search_params"), model_sha256=self.model_sha256)
+            except Exception as e:
+                self.store.last_error = f"{index_dir}: {e}"
+                if not self.store.versions:
+                    raise
+                log.error("shard %d: keeping index %s, could not load %s", self.store.shard, self.store.current, e)
+                return
+            self.store.install(version, index, index_dir)
+            log.info("shard %d: serving index %s from %s", self.store.shard, version, index_dir)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def search(self, requests: list[SearchRequest]) -> list[SearchResult]:
+        return self.store.search_many(requests)
+
+    async def status(self) -> dict:
+        return self.store.status()
+
+
+class _ServeBackend:
+    """The recommender's Backend over deployment handles; backend failures become 503."""
+
+    def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle]):
+        self.encoder, self.searchers = encoder, searchers
+        self.calls = [(lambda req, h=h: h.search.remote(req)) for h in searchers]
+
+    async def _encoder(self, method: str, *args):
+        try:
+            return await getattr(self.encoder, method).remote(*args)
+        except Exception as e:
+            raise Unavailable(f"query encoder unavailable: {type(e).__name__}: {e}") from e
+
+    async def encode(self, query):
+        return await self._encoder("encode", query)
+
+    async def rerank(self, query, candidates):
+        return await self._encoder("rerank", query, candidates)
+
+    async def item_vector(self, item_idx):
+        return await self._encoder("item_vector", item_idx)
+
+    async def search(self, query, k, exclude):
+        return await search_all(self.calls, query, k, exclude)
+
+    async def statuses(self) -> list[dict]:
+        async def one(s: int, h: DeploymentHandle) -> dict:
+            try:
+                return await asyncio.wait_for(h.status.remote(), STATUS_TIMEOUT_S)
+            except Exception as e:
+                return {"shard": s, "loaded": False, "last_error": f"{type(e).__name__}: {e}"}
+        return list(await asyncio.gather(*(one(s, h) for s, h in enumerate(self.searchers))))
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.ingress(api)
+class Ingress:
+    """HTTP API (see :mod:`twotower.serve.schema` for bodies, :mod:`twotower.serve.http` for errors)."""
+
+    def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle], checkpoint: str,
+                 dataset: str | None = None):
+        self.state = load_serving_state(checkpoint, dataset)
+        self.backend = _ServeBackend(encoder, searchers)
+
+    @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
+    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
+        """Top-k items for a user in a context (model path, or cold start for unknown users)."""
+        return await recommend(body, self.state, self.backend)
+
+    @api.post("/v1/similar-items", response_model=SimilarItemsResponse, responses=ERRORS)
+    async def similar(self, body: SimilarItemsRequest) -> SimilarItemsResponse:
+        """Nearest items to an item in the item embedding space."""
+        return await similar_items(body, self.state, self.backend)
+
+    @api.get("/v1/model", response_model=ModelInfo)
+    async def model(self) -> ModelInfo:
+        """Model version, context mode and schema, and the index manifest summary."""
+        statuses = await self.backend.statuses()
+        s = self.state
+        index = next((st["index"] for st in statuses if st.get("index")), None) or {}
+        vocabs = s.context_vocabs
+        fields = [ContextField(name=f.name, kind=f.kind, cardinality=f.cardinality,
+                               values=sorted(vocabs[f.name], key=vocabs[f.name].get) if f.name in vocabs else None)
+                  for f in s.schema.context_features]
+        shards = [ShardStatus(**{k: v for k, v in st.items() if k in ShardStatus.model_fields}) for st in statuses]
+        return ModelInfo(model_version=s.model_version, context_mode=s.mode.value, context_schema=fields,
+                         user_features=[f.name for f in s.schema.user_features], num_users=s.schema.num_users,
+                         num_items=s.schema.num_items, history_length=s.schema.history_length,
+                         index=IndexSummary(**{**index, "num_shards": len(statuses), "shards": shards}))
+
+    @api.get("/healthz")
+    async def healthz(self):
+        """200 ``ready`` when every shard has an index loaded (and agrees on its version), else 503."""
+        statuses = await self.backend.statuses()
+        ready = all(st.get("loaded") for st in statuses)
+        body = {"status": "ready" if ready else "not_ready", "model_version": self.state.model_version,
+                "index_versions": sorted({st.get("version") for st in statuses if st.get("version")}),
+                "shards": [{k: st.get(k) for k in ("shard", "loaded", "version", "last_error")} for st in statuses]}
+        return JSONResponse(status_code=200 if ready else 503, content=body)
+
+
+def build_app(args: dict) -> serve.Application:
+    """The twotower Serve application from :class:`AppArgs` (a dict, as Serve passes config ``args``).
+
+    Raises:
+        pydantic.ValidationError: bad args. CheckpointError: unreadable checkpoint.
+        IndexFormatError / ValueError: shard count unknown (neither ``num_shards`` nor a readable ``index``).
+    """
+    a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    sha = (read_checkpoint_meta(a.checkpoint).get("sha256") or {}).get("model.pt")
+    quiet = {"enable_access_log": False}
+    common = {"ray_actor_options": {"num_cpus": a.num_cpus}, "max_ongoing_requests": a.max_ongoing_requests}
+    batching = (a.max_batch_size, a.batch_wait_timeout_s)
+    encoder = QueryEncoderDeployment.options(num_replicas=a.encoder_replicas, logging_config=quiet, **common).bind(
+        a.checkpoint, a.dataset, a.user_cache, a.encoder_threads, *batching)
+    user_config = {"index_dir": a.index, "verify": a.verify} if a.index else None
+    searchers = [ShardSearcher.options(name=searcher_name(s), num_replicas=a.shard_replicas, user_config=user_config,
+                                       logging_config=quiet, **common).bind(s, sha, a.search_threads, *batching)
+                 for s in range(a.shards())]
+    return Ingress.options(num_replicas=a.ingress_replicas, logging_config={"enable_access_log": a.access_log},
+                           **common).bind(encoder, searchers, a.checkpoint, a.dataset)

@@ -1,0 +1,117 @@
+"""Serving configuration: the application builder's arguments and the ``serve deploy`` YAML.
+
+The Serve config file (``twotower serve --write-config FILE`` writes one; ``serve/config.example.yaml``
+is an example) has one application whose ``import_path`` is ``twotower.serve.app:build_app`` with
+:class:`AppArgs` as ``args``, and one entry per deployment: ``Ingress``, ``QueryEncoder`` and
+``Searcher0`` .. ``Searcher{S-1}``. The index directory is *not* an app argument: it is the
+``user_config.index_dir`` of every searcher. Changing only ``user_config`` and running ``serve deploy``
+again reconfigures the running searchers in place (each loads the new version, keeps the old one for
+in-flight fan-outs, see :mod:`twotower.serve.fanout`): an index swap without restarts or failed
+requests. Changing ``args`` restarts the replicas (Serve's rolling update).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from twotower.index.manifest import Manifest
+
+IMPORT_PATH = "twotower.serve.app:build_app"
+APP_NAME = "twotower"
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`twotower.serve.app.build_app`.
+
+    Attributes:
+        checkpoint: checkpoint directory. dataset: prepared dataset (default: the checkpoint's).
+        index: initial index directory (optional: the searchers' ``user_config.index_dir`` wins).
+        num_shards: number of searcher deployments (default: read from ``index``'s manifest).
+        user_cache: precomputed per-user table (trilinear / scoring_layer), built at startup if absent.
+        shard_replicas / encoder_replicas / ingress_replicas: replicas per deployment.
+        num_cpus: logical CPUs reserved per replica (Ray scheduling only).
+        encoder_threads / search_threads: torch / FAISS threads per replica.
+        max_batch_size / batch_wait_timeout_s: ``serve.batch`` settings of encoder and searchers.
+        max_ongoing_requests: per replica of every deployment.
+        access_log: Serve's per-request access log of the ingress (the internal deployments never log
+            each call: at thousands of calls per second that is a visible share of the latency).
+        verify: check the sha256 of index files when loading.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    dataset: str | None = None
+    index: str | None = None
+    num_shards: int | None = Field(None, ge=1)
+    user_cache: str | None = None
+    shard_replicas: int = Field(1, ge=1)
+    encoder_replicas: int = Field(1, ge=1)
+    ingress_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    encoder_threads: int = Field(1, ge=1)
+    search_threads: int = Field(1, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    access_log: bool = True
+    verify: bool = True
+
+    def shards(self) -> int:
+        """S: ``num_shards`` or the index manifest's shard count. Raises ValueError when neither is known."""
+        if self.num_shards is not None:
+            return self.num_shards
+        if self.index is None:
+            raise ValueError("give num_shards or index (to read the shard count from its manifest)")
+        return Manifest.read(self.index).num_shards
+
+
+def searcher_name(shard: int) -> str:
+    return f"Searcher{shard}"
+
+
+def serve_config(args: AppArgs, *, index: str, host: str = "127.0.0.1", port: int = 8000,
+                 app_name: str = APP_NAME, route_prefix: str = "/") -> dict:
+    """A ``serve deploy``-able config dict (Ray Serve ServeDeploySchema) serving ``index``.
+
+    ``index`` goes into every searcher's ``user_config``; ``args.index`` is dropped from ``args`` (so an
+    index swap is a user_config change) and ``num_shards`` is filled in from the manifest.
+    """
+    shards = args.model_copy(update={"index": index}).shards()
+    app_args = args.model_dump(exclude_none=True, exclude={"index"})
+    app_args["num_shards"] = shards
+    def actor() -> dict:
+        return {"num_cpus": args.num_cpus}
+    deployments = [{"name": "Ingress", "num_replicas": args.ingress_replicas, "ray_actor_options": actor()},
+                   {"name": "QueryEncoder", "num_replicas": args.encoder_replicas, "ray_actor_options": actor()}]
+    deployments += [{"name": searcher_name(s), "num_replicas": args.shard_replicas, "ray_actor_options": actor(),
+                     "user_config": {"index_dir": str(index), "verify": args.verify}} for s in range(shards)]
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": host, "port": int(port)},
+        "applications": [{"name": app_name, "route_prefix": route_prefix, "import_path": IMPORT_PATH,
+                          "args": app_args, "deployments": deployments}],
+    }
+
+
+def with_index(config: dict, index: str, app_name: str = APP_NAME) -> dict:
+    """A copy of ``config`` whose searchers of ``app_name`` serve ``index`` (the index-swap edit)."""
+    out = yaml.safe_load(yaml.safe_dump(config))
+    for app in out["applications"]:
+        if app["name"] == app_name:
+            for d in app["deployments"]:
+                if d["name"].startswith("Searcher"):
+                    d.setdefault("user_config", {})["index_dir"] = str(index)
+    return out
+
+
+def write_serve_config(path: str | Path, config: dict) -> Path:
+    """Write ``config`` as YAML to ``path``; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    header = ("# Ray Serve config for twotower: `serve deploy THIS_FILE` (or `twotower serve --config THIS_FILE`).\n"
+              "# Index swap: change user_config.index_dir of every SearcherK and deploy again.\n")
+    p.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return p

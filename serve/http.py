@@ -1,0 +1,79 @@
+"""The FastAPI application object and its error mapping (every error body is a :class:`ErrorBody`).
+
+Status codes:
+
+* 422 ``invalid_request``: pydantic validation of the body (wrong type, k out of 1..1000, unknown or
+  missing field, malformed JSON) and :class:`RequestError` (unknown context field, bad context value,
+  unknown user feature). ``message`` and ``fields`` name the offending field(s), e.g. ``k``,
+  ``context.hour_sin``.
+* 404 ``not_found``: unknown ``item_id`` in ``/v1/similar-items``.
+* 503 ``unavailable``: the index shards or the encoder cannot answer right now (starting, restarting).
+* 500 ``internal``: a bug; never caused by request content.
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .schema import ErrorBody, RequestError, Unavailable
+
+log = logging.getLogger("twotower.serve")
+
+
+def error_response(status: int, error: str, message: str, fields: list[str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=ErrorBody(error=error, message=message,
+                                                              fields=fields or []).model_dump())
+
+
+def _field(loc: tuple) -> str:
+    """``("body", "context", "hour_sin")`` -> ``context.hour_sin``; the JSON body itself -> ``body``."""
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] == "body" else loc)]
+    return ".".join(parts) if parts else "body"
+
+
+def validation_message(errors: list[dict]) -> tuple[str, list[str]]:
+    """One line per pydantic error, ``<field>: <message>``, and the distinct field names."""
+    fields, lines = [], []
+    for e in errors:
+        name = "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ())))
+        if e.get("type") == "missing":
+            msg = "field required"
+        elif e.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        else:
+            msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            msg = f"malformed JSON: {e.get('ctx', {}).get('error', msg)}"
+        fields.append(name)
+        lines.append(f"{name}: {msg}")
+    return "; ".join(lines), list(dict.fromkeys(fields))
+
+
+def create_api() -> FastAPI:
+    """FastAPI app with the error handlers installed; routes are added by the ingress deployment."""
+    api = FastAPI(title="twotower retrieval", version="1",
+                  description="Context-aware top-k retrieval over sharded FAISS indexes (two-tower model).")
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, fields = validation_message(list(exc.errors()))
+        return error_response(422, "invalid_request", message, fields)
+
+    @api.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return error_response(exc.status, "not_found" if exc.status == 404 else "invalid_request",
+                              str(exc), [exc.field])
+
+    @api.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable):
+        return error_response(503, "unavailable", str(exc))
+
+    @api.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+
+    return api

@@ -1,0 +1,169 @@
+"""``recommend`` / ``similar_items``: the one request pipeline used offline and behind HTTP.
+
+    request -> plan (validate context, look up the user, pick the path, exclusions)
+            -> encode (query vector) -> search all shards (exact merge)
+            -> [scoring_layer: re-rank the top ``rerank_depth`` with the head] -> response
+
+The steps that need the model or the index go through a :class:`Backend`: the Serve ingress passes one
+whose methods call the encoder and searcher deployments; :class:`LocalBackend` runs them in-process
+(a :class:`QueryEncoder` and a loaded :class:`~twotower.index.ShardedIndex`), which is what offline
+evaluation and the equivalence tests use (:func:`recommend_offline`).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from twotower.model.config import ContextMode
+from twotower.model.schema import DatasetSchema
+
+from .catalogue import Catalogue
+from .context import resolve_context
+from .query import QueryEncoder, QueryInput
+from .schema import (RecommendRequest, RecommendResponse, RequestError, ScoredItem, SimilarItemsRequest,
+                     SimilarItemsResponse)
+from .user_state import UserState
+
+
+@dataclass
+class ServingState:
+    """What planning and response shaping need (no model weights, no index): built by the ingress."""
+
+    schema: DatasetSchema
+    mode: ContextMode
+    model_version: str
+    users: UserState
+    catalogue: Catalogue
+    context_vocabs: Mapping[str, dict[str, int]] = field(default_factory=dict)
+    rerank_depth: int = 100
+
+
+@dataclass
+class Plan:
+    """A validated request: ``query`` is None on the popularity path; ``exclude`` int64 item indices."""
+
+    user_id: str
+    k: int
+    path: str
+    strategy: str | None
+    context: dict[str, float | int]
+    exclude: np.ndarray
+    query: QueryInput | None
+
+
+class Backend(Protocol):
+    """Model and index operations (async so the Serve ingress can await deployments)."""
+
+    async def encode(self, query: QueryInput) -> np.ndarray: ...            # float32 (D,)
+    async def search(self, query: np.ndarray, k: int, exclude: np.ndarray | None
+                     ) -> tuple[str, np.ndarray, np.ndarray]: ...           # version, scores (k,), items (k,)
+    async def rerank(self, query: QueryInput, candidates: np.ndarray) -> np.ndarray: ...  # float32 (R,)
+    async def item_vector(self, item_idx: int) -> np.ndarray: ...           # float32 (D,)
+
+
+def plan_recommend(req: RecommendRequest, state: ServingState, now: float | None = None) -> Plan:
+    """Validate and resolve a request. Raises RequestError (context or user_features field)."""
+    context = resolve_context(req.context, state.schema, state.context_vocabs, now)
+    extra = state.catalogue.lookup_many(req.exclude_items)
+    user_idx = state.users.lookup(req.user_id)
+    if user_idx > 0:
+        seen = state.users.seen(user_idx) if req.exclude_seen else np.zeros(0, np.int64)
+        query = QueryInput(user_idx, state.users.history(user_idx), context)
+        return Plan(req.user_id, req.k, "model", None, context, np.union1d(seen, extra), query)
+    feats = state.users.encode_user_features(req.user_features)
+    if any(v > 0 for v in feats.values()):
+        query = QueryInput(0, np.zeros(state.schema.history_length, np.int64), context, feats)
+        return Plan(req.user_id, req.k, "cold_start", "user_features", context, np.unique(extra), query)
+    return Plan(req.user_id, req.k, "cold_start", "popularity", context, np.unique(extra), None)
+
+
+def rerank_merge(dot: np.ndarray, items: np.ndarray, head: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``scoring_layer`` order of candidates (R,): the first len(head) valid candidates by head score
+    (ties by ascending item_idx), then the remaining ones in dot-product order; returns the top-k
+    (scores: head scores for re-ranked items, dot products for the others)."""
+    valid = items >= 0
+    dot, items = dot[valid], items[valid]
+    d = min(len(head), len(items))
+    h = np.asarray(head[:d], np.float32)
+    order = np.lexsort((items[:d], -h))
+    scores = np.concatenate([h[order], dot[d:]])[:k]
+    return scores.astype(np.float32), np.concatenate([items[:d][order], items[d:]])[:k].astype(np.int64)
+
+
+def _items(state: ServingState, scores: np.ndarray, items: np.ndarray) -> list[ScoredItem]:
+    cat = state.catalogue
+    return [ScoredItem(item_id=str(cat.item_ids[i]), score=float(s), title=cat.title(int(i)))
+            for s, i in zip(scores, items) if i > 0]
+
+
+async def recommend(req: RecommendRequest, state: ServingState, backend: Backend,
+                    now: float | None = None) -> RecommendResponse:
+    """Top-``req.k`` items for a request (see the module docstring).
+
+    Raises:
+        RequestError: invalid context / user features (HTTP 422).
+        ShardsUnavailable: the index shards could not answer (HTTP 503), from ``backend.search``.
+    """
+    plan = plan_recommend(req, state, now)
+    version = None
+    if plan.query is None:
+        scores, items = state.catalogue.popularity_topk(plan.k, plan.exclude)
+    else:
+        vector = await backend.encode(plan.query)
+        if state.mode == ContextMode.SCORING_LAYER:
+            depth = max(plan.k, state.rerank_depth)
+            version, dot, cand = await backend.search(vector, depth, plan.exclude)
+            top = cand[:state.rerank_depth]
+            head = await backend.rerank(plan.query, top[top >= 0])
+            scores, items = rerank_merge(dot, cand, head, plan.k)
+        else:
+            version, scores, items = await backend.search(vector, plan.k, plan.exclude)
+    return RecommendResponse(user_id=plan.user_id, items=_items(state, scores, items), path=plan.path,
+                             cold_start_strategy=plan.strategy, model_version=state.model_version,
+                             index_version=version, context=plan.context)
+
+
+async def similar_items(req: SimilarItemsRequest, state: ServingState, backend: Backend) -> SimilarItemsResponse:
+    """The ``req.k`` nearest items to ``req.item_id`` by inner product of item embeddings (itself excluded).
+
+    Raises:
+        RequestError: unknown item (HTTP 404, field ``item_id``).
+    """
+    idx = state.catalogue.lookup(req.item_id)
+    if idx == 0:
+        raise RequestError("item_id", f"unknown item {req.item_id!r}", status=404)
+    vector = await backend.item_vector(idx)
+    version, scores, items = await backend.search(vector, req.k, np.asarray([idx], np.int64))
+    return SimilarItemsResponse(item_id=req.item_id, items=_items(state, scores, items),
+                                model_version=state.model_version, index_version=version)
+
+
+class LocalBackend:
+    """In-process :class:`Backend`: a QueryEncoder and a ShardedIndex (all shards) in this process."""
+
+    def __init__(self, encoder: QueryEncoder, index, version: str = "local"):
+        self.encoder, self.index, self.version = encoder, index, version
+
+    async def encode(self, query: QueryInput) -> np.ndarray:
+        return self.encoder.encode([query])[0]
+
+    async def search(self, query, k, exclude):
+        excl = [exclude if exclude is not None else ()]
+        scores, items = self.index.search(np.asarray(query, np.float32)[None, :], k, exclude=excl)
+        return self.version, scores[0], items[0]
+
+    async def rerank(self, query: QueryInput, candidates: np.ndarray) -> np.ndarray:
+        return self.encoder.rerank([query], np.asarray(candidates, np.int64)[None, :])[0]
+
+    async def item_vector(self, item_idx: int) -> np.ndarray:
+        return self.encoder.item_vectors(np.asarray([item_idx]))[0]
+
+
+def recommend_offline(req: RecommendRequest, state: ServingState, backend: Backend,
+                      now: float | None = None) -> RecommendResponse:
+    """:func:`recommend` run to completion in this thread (no running event loop allowed)."""
+    return asyncio.run(recommend(req, state, backend, now))

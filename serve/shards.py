@@ -1,0 +1,218 @@
+"""One index shard per searcher: loading a single shard, index versions, batched search, exact merge.
+
+An index directory (``twotower.index.manifest``) holds S shards; serving runs one searcher per shard.
+:func:`load_shard` opens shard ``s`` alone as a one-shard :class:`~twotower.index.ShardedIndex`, so its
+``search`` (exclusions, ties by ascending item_idx) is the per-shard half of ``ShardedIndex.search``,
+and :func:`merge_topk` the other half: merging the per-shard top-k of all shards gives exactly the
+top-k of ``ShardedIndex.search`` over the whole directory.
+
+Index version: the first 12 hex digits of the sha256 of ``manifest.json`` (which lists the sha256 of
+every file), so a rebuilt index is a new version even at the same path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from twotower.index import storage
+from twotower.index.build import apply_search_params
+from twotower.index.manifest import MANIFEST_NAME, IndexFormatError, Manifest
+from twotower.index.sharded import ShardedIndex
+
+KEEP_VERSIONS = 2
+
+
+def index_version(index_dir: str) -> str:
+    """Version id of the index at ``index_dir``: sha256(manifest.json)[:12]. Raises IndexFormatError."""
+    try:
+        return hashlib.sha256(storage.read_bytes(storage.join(str(index_dir), MANIFEST_NAME))).hexdigest()[:12]
+    except FileNotFoundError as e:
+        raise IndexFormatError(f"{storage.join(str(index_dir), MANIFEST_NAME)}: missing") from e
+
+
+def load_shard(index_dir: str, shard: int, *, verify: bool = True,
+               search_params: dict[str, int] | None = None) -> ShardedIndex:
+    """Shard ``shard`` of the index at ``index_dir`` as a one-shard ShardedIndex.
+
+    Raises:
+        IndexFormatError: invalid manifest, no such shard, a missing/corrupted shard or id-map file (with
+            ``verify``), or a shard whose dimension, metric or count differs from the manifest.
+    """
+    index_dir = str(index_dir)
+    manifest = Manifest.read(index_dir)
+    if not 0 <= shard < manifest.num_shards:
+        raise IndexFormatError(f"{index_dir}: has {manifest.num_shards} shards, no shard {shard}")
+    info = manifest.shards[shard]
+    if verify:
+        for name in (info.index_file, info.ids_file):
+            try:
+                found = storage.sha256(storage.join(index_dir, name))
+            except FileNotFoundError as e:
+                raise IndexFormatError(f"{storage.join(index_dir, name)}: missing (listed in manifest.json)") from e
+            if found != manifest.files[name]:
+                raise IndexFormatError(f"{storage.join(index_dir, name)}: sha256 mismatch (file corrupted or modified)")
+    tmp = tempfile.mkdtemp(prefix="twotower-shard-")
+    try:
+        local = os.path.join(tmp, "shard.faiss")
+        storage.download(storage.join(index_dir, info.index_file), local)
+        index = faiss.read_index(local)
+        fs, p = storage.resolve(storage.join(index_dir, info.ids_file))
+        ids = pq.read_table(p, filesystem=fs, columns=["item_idx", "item_id"])
+    except FileNotFoundError as e:
+        raise IndexFormatError(f"{index_dir}: shard {shard} file missing: {e}") from e
+    except RuntimeError as e:
+        raise IndexFormatError(f"{storage.join(index_dir, info.index_file)}: not a readable FAISS index") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if index.d != manifest.dim or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != info.count \
+            or ids.num_rows != info.count:
+        raise IndexFormatError(f"{index_dir}: shard {shard} does not match the manifest (dim {index.d}, "
+                               f"{index.ntotal} vectors, {ids.num_rows} ids; manifest dim {manifest.dim}, {info.count})")
+    params = {**manifest.search_params, **(search_params or {})}
+    apply_search_params(index, params)
+    sub = dataclasses.replace(manifest, shards=[info], num_items=info.count, search_params=params,
+                              extra={**manifest.extra, "index_num_items": manifest.num_items,
+                                     "index_num_shards": manifest.num_shards})
+    return ShardedIndex(sub, [index], [ids["item_idx"].to_numpy().astype(np.int64)],
+                        [np.asarray(ids["item_id"].to_pylist(), dtype=object)], index_dir)
+
+
+@dataclass
+class SearchRequest:
+    """One query for one shard: ``query`` float32 (D,), ``k`` >= 1, ``exclude`` int64 item indices,
+    ``version``: the index version to answer from (None = the newest loaded)."""
+
+    query: np.ndarray
+    k: int
+    exclude: np.ndarray | None = None
+    version: str | None = None
+
+
+@dataclass
+class SearchResult:
+    """``scores`` float32 (k,), ``items`` int64 (k,) (-inf / -1 padded), best first, from index ``version``;
+    ``versions``: every version the searcher holds, oldest first. ``error`` set (and arrays empty) when
+    the requested version is not loaded or nothing is loaded."""
+
+    version: str | None
+    versions: tuple[str, ...]
+    scores: np.ndarray
+    items: np.ndarray
+    error: str | None = None
+
+
+class ShardStore:
+    """The loaded versions of one shard (newest last, at most :data:`KEEP_VERSIONS`).
+
+    Keeping the previous version lets a fan-out that sees shards mid-swap ask every shard for the same
+    version (see :func:`twotower.serve.fanout.search_all`).
+    """
+
+    def __init__(self, shard: int):
+        self.shard = shard
+        self.versions: dict[str, ShardedIndex] = {}
+        self.paths: dict[str, str] = {}
+        self.last_error: str | None = None
+
+    def open(self, index_dir: str, *, verify: bool = True, search_params: dict[str, int] | None = None,
+             model_sha256: str | None = None) -> tuple[str, ShardedIndex | None]:
+        """Read this shard of ``index_dir`` without installing it (safe in a worker thread while the store
+        serves). Returns (version, shard index), the index None when that version is already loaded.
+
+        Raises:
+            IndexFormatError: see :func:`load_shard`, or an index built from another checkpoint than
+                ``model_sha256`` (when both are known).
+        """
+        version = index_version(index_dir)
+        if version in self.versions:
+            return version, None
+        index = load_shard(index_dir, self.shard, verify=verify, search_params=search_params)
+        built = index.manifest.checkpoint.get("model_sha256")
+        if model_sha256 and built and built != model_sha256:
+            raise IndexFormatError(f"{index_dir}: built from checkpoint model {built[:12]}, serving model is "
+                                   f"{model_sha256[:12]}")
+        return version, index
+
+    def install(self, version: str, index: ShardedIndex | None, index_dir: str) -> None:
+        """Make ``version`` the newest (adding ``index`` when given), dropping versions beyond KEEP_VERSIONS."""
+        index = index if index is not None else self.versions.get(version)
+        if index is None:
+            return
+        self.versions.pop(version, None)
+        self.versions[version] = index
+        self.paths[version] = str(index_dir)
+        while len(self.versions) > KEEP_VERSIONS:
+            old = next(iter(self.versions))
+            del self.versions[old]
+            self.paths.pop(old, None)
+        self.last_error = None
+
+    def load(self, index_dir: str, **kwargs) -> str:
+        """:meth:`open` then :meth:`install`; returns the version now answering."""
+        version, index = self.open(index_dir, **kwargs)
+        self.install(version, index, index_dir)
+        return version
+
+    def status(self) -> dict:
+        """What ``GET /v1/model`` and ``/healthz`` report for this shard (JSON-serialisable)."""
+        v = self.current
+        out = {"shard": self.shard, "loaded": v is not None, "version": v, "loaded_versions": list(self.versions),
+               "count": 0, "last_error": self.last_error, "index": None}
+        if v is not None:
+            m = self.versions[v].manifest
+            out["count"] = m.num_items
+            out["index"] = {"version": v, "path": self.paths.get(v), "dim": m.dim, "factory": m.factory,
+                            "num_items": m.extra.get("index_num_items"), "num_shards": m.extra.get("index_num_shards"),
+                            "search_params": dict(m.search_params), "created_at": m.created_at,
+                            "checkpoint_sha256": m.checkpoint.get("model_sha256")}
+        return out
+
+    @property
+    def current(self) -> str | None:
+        return next(reversed(self.versions)) if self.versions else None
+
+    def search_many(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
+        """Answer a batch: requests are grouped by version and searched together with the largest k."""
+        held = tuple(self.versions)
+        out: list[SearchResult | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            v = r.version or self.current
+            if v is None or v not in self.versions:
+                why = "no index loaded" if v is None else f"index version {v} not loaded (holds {list(held)})"
+                out[i] = SearchResult(v, held, np.zeros(0, np.float32), np.zeros(0, np.int64), why)
+            else:
+                groups.setdefault(v, []).append(i)
+        for v, rows in groups.items():
+            q = np.stack([np.asarray(requests[i].query, np.float32) for i in rows])
+            k = max(int(requests[i].k) for i in rows)
+            excl = [requests[i].exclude if requests[i].exclude is not None else () for i in rows]
+            scores, items = self.versions[v].search(q, k, exclude=excl)
+            for j, i in enumerate(rows):
+                kk = int(requests[i].k)
+                out[i] = SearchResult(v, held, scores[j, :kk], items[j, :kk])
+        return out  # type: ignore[return-value]
+
+
+def merge_topk(scores: Sequence[np.ndarray], items: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact merge of per-shard results (each float32 / int64 (k_s,), best first) into the global top-k.
+
+    Order: score descending, ties by ascending item_idx (as ``ShardedIndex.search``); -inf / -1 slots
+    sort last and pad the output to (k,).
+    """
+    s = np.concatenate([np.asarray(x, np.float32) for x in scores] + [np.zeros(0, np.float32)])
+    i = np.concatenate([np.asarray(x, np.int64) for x in items] + [np.zeros(0, np.int64)])
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s))[:k]
+    out_s, out_i = np.full(k, -np.inf, np.float32), np.full(k, -1, np.int64)
+    out_s[:len(order)], out_i[:len(order)] = s[order], i[order]
+    out_i[np.isneginf(out_s)] = -1
+    return out_s, out_i

@@ -1,0 +1,124 @@
+"""Per-user state for serving: raw id -> index, latest history, seen items, cold-start features.
+
+Built once from a prepared dataset (``model/schema.py`` layout): the interactions of every split are
+ordered by (user, timestamp, split, row) exactly as ``twotower prepare`` orders them, so a user's
+history here is the ``history`` the model would see for a next interaction after the last one:
+
+* ``history(u)``: the N = ``history_length`` most recent items of user u over all splits, most
+  recent first, right-padded with 0 -> int64 (N,);
+* ``seen(u)``: every distinct item of user u over all splits, ascending -> int64 (m,).
+
+Memory: one int32 per interaction plus one int64 per user (ML-1M: ~4 MB; ML-25M: ~100 MB).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from twotower.model.schema import OOV_INDEX, DatasetSchema
+
+from .context import read_vocab
+from .schema import RequestError
+
+SPLITS = ("train", "valid", "test")
+
+
+class UserState:
+    """Histories, seen items and vocabularies of a prepared dataset's users (see the module docstring).
+
+    Attributes:
+        schema: the dataset schema. num_users: vocabulary size incl. the unknown index 0.
+        offsets: int64 (num_users + 1,); ``items[offsets[u]:offsets[u+1]]`` are user u's items, most
+            recent first (duplicates kept).
+        items: int32 (num_interactions,).
+    """
+
+    def __init__(self, schema: DatasetSchema, user_vocab: Mapping[str, int], offsets: np.ndarray,
+                 items: np.ndarray, feature_vocabs: Mapping[str, dict[str, int] | None] | None = None):
+        self.schema, self.num_users = schema, schema.num_users
+        self.user_vocab = dict(user_vocab)
+        self.offsets, self.items = np.asarray(offsets, np.int64), np.asarray(items, np.int32)
+        self.feature_vocabs = dict(feature_vocabs or {})
+
+    @classmethod
+    def load(cls, dataset_dir: str | Path, schema: DatasetSchema | None = None) -> "UserState":
+        """Read ``vocab/users.parquet``, the user feature vocabularies and ``interactions/*/``.
+
+        Raises:
+            FileNotFoundError: the dataset has no ``vocab/users.parquet``.
+        """
+        root = Path(dataset_dir)
+        schema = schema or DatasetSchema.load(root)
+        vocab = read_vocab(root, "users")
+        if vocab is None:
+            raise FileNotFoundError(f"{root / 'vocab' / 'users.parquet'}: missing (not a prepared dataset?)")
+        users, items, ts, split = [], [], [], []
+        for code, name in enumerate(SPLITS):
+            if not (root / "interactions" / name).exists():
+                continue
+            t = pq.read_table(root / "interactions" / name, columns=["user_idx", "item_idx", "timestamp"])
+            users.append(t["user_idx"].to_numpy()), items.append(t["item_idx"].to_numpy())
+            ts.append(t["timestamp"].to_numpy()), split.append(np.full(t.num_rows, code, np.int8))
+        u = np.concatenate(users) if users else np.zeros(0, np.int32)
+        i = np.concatenate(items) if items else np.zeros(0, np.int32)
+        t = np.concatenate(ts) if ts else np.zeros(0, np.int64)
+        s = np.concatenate(split) if split else np.zeros(0, np.int8)
+        # (user asc, timestamp desc, split desc, row desc): reverse of prepare's (user, ts, row) order
+        row = np.arange(len(u))
+        order = np.lexsort((-row, -s.astype(np.int64), -t.astype(np.int64), u))
+        counts = np.bincount(u, minlength=schema.num_users)[:schema.num_users]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        fvocabs = {f.name: read_vocab(root, f.name) for f in schema.user_features if f.kind == "categorical"}
+        return cls(schema, vocab, offsets, i[order], fvocabs)
+
+    def lookup(self, user_id: str) -> int:
+        """Index of raw ``user_id``; 0 (unknown) when it is not in the vocabulary."""
+        return int(self.user_vocab.get(str(user_id), OOV_INDEX))
+
+    def history(self, user_idx: int) -> np.ndarray:
+        """int64 (N,): the user's N most recent items, most recent first, 0-padded (zeros for user 0)."""
+        n = self.schema.history_length
+        out = np.zeros(n, np.int64)
+        if 0 < user_idx < self.num_users:
+            lo, hi = self.offsets[user_idx], self.offsets[user_idx + 1]
+            h = self.items[lo:min(hi, lo + n)]
+            out[:len(h)] = h
+        return out
+
+    def seen(self, user_idx: int) -> np.ndarray:
+        """int64 (m,): distinct items of the user over all splits, ascending (empty for user 0)."""
+        if not 0 < user_idx < self.num_users:
+            return np.zeros(0, np.int64)
+        return np.unique(self.items[self.offsets[user_idx]:self.offsets[user_idx + 1]]).astype(np.int64)
+
+    def encode_user_features(self, features: Mapping[str, object] | None) -> dict[str, int]:
+        """Raw cold-start user features -> {name: index} for the user tower.
+
+        Values are looked up as strings in ``vocab/<name>.parquet``; a value not in the vocabulary maps to
+        0 (unknown: contributes nothing, like an unseen zip code). Without a vocabulary file an integer
+        index 0..cardinality-1 is expected.
+
+        Raises:
+            RequestError: a feature the model does not have, a non-categorical feature, or an index out
+                of range (names ``user_features.<name>``).
+        """
+        out: dict[str, int] = {}
+        by_name = {f.name: f for f in self.schema.user_features}
+        for name, value in (features or {}).items():
+            where = f"user_features.{name}"
+            f = by_name.get(name)
+            if f is None:
+                raise RequestError(where, f"unknown user feature; known: {list(by_name)}")
+            if f.kind != "categorical":
+                raise RequestError(where, f"{f.kind} user features cannot be supplied in a request")
+            vocab = self.feature_vocabs.get(name)
+            if vocab is not None:
+                out[name] = int(vocab.get(str(value), OOV_INDEX))
+            elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < f.cardinality:
+                out[name] = int(value)
+            else:
+                raise RequestError(where, f"must be an integer index in 0..{f.cardinality - 1}, got {value!r}")
+        return out

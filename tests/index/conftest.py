@@ -1,0 +1,90 @@
+"""Fixtures of the index tests: a briefly trained ML-100K checkpoint, its item embeddings and queries.
+
+``ml100k_dataset`` and ``ray_cluster`` come from ``tests/conftest.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+TRAIN_STEPS = 150
+
+
+@pytest.fixture(scope="session")
+def ml100k_checkpoint(ml100k_dataset, tmp_path_factory):
+    """A TwoTowerModel (D=32) trained in-process for a few steps on ML-100K train, saved as a checkpoint."""
+    from twotower.data.tables import load_feature_tables, pad_lists
+    from twotower.model.batch import to_tensors
+    from twotower.model.checkpoint import save_checkpoint
+    from twotower.model.config import ModelConfig
+    from twotower.model.loss import compute_loss
+    from twotower.model.schema import DatasetSchema
+    from twotower.model.twotower import TwoTowerModel
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # much faster than 2 threads when the 2 cores are shared
+    schema = DatasetSchema.load(ml100k_dataset)
+    users, items = load_feature_tables(ml100k_dataset)
+    torch.manual_seed(0)
+    model = TwoTowerModel(schema, ModelConfig(final_embedding_dim=32, hidden_dims=[64], dropout=0.0), users, items)
+    train = pq.read_table(ml100k_dataset / "interactions" / "train")
+    cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
+    cols["history"] = pad_lists(train["history"], schema.history_length)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    perm, batch = np.random.default_rng(0).permutation(train.num_rows), 512
+    for step in range(TRAIN_STEPS):
+        rows = perm[step * batch:(step + 1) * batch]
+        loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("index-ckpt") / "ckpt"
+    return save_checkpoint(model.eval(), out, dataset_dir=str(ml100k_dataset))
+
+
+@pytest.fixture(scope="session")
+def ml100k_model(ml100k_checkpoint):
+    from twotower.model.checkpoint import load_checkpoint
+    return load_checkpoint(ml100k_checkpoint).model
+
+
+@pytest.fixture(scope="session")
+def ml100k_item_embeddings(ml100k_model) -> np.ndarray:
+    """(num_items, 32) float32 item tower output; row i = item i (row 0 = unknown item)."""
+    return ml100k_model.all_item_embeddings().numpy()
+
+
+@pytest.fixture(scope="session")
+def ml100k_queries(ml100k_model, ml100k_dataset):
+    """(query embeddings (943, 32) float32 of the test rows, their seen_items lists)."""
+    from twotower.model.batch import to_tensors
+    test = pq.read_table(ml100k_dataset / "interactions" / "test")
+    batch = {c: test[c].to_numpy(zero_copy_only=False) for c in test.column_names if c != "seen_items"}
+    with torch.no_grad():
+        queries = ml100k_model.query_embedding(to_tensors(batch, ml100k_model.schema)).numpy()
+    seen = [np.asarray(s, dtype=np.int64) for s in test["seen_items"].to_pylist()]
+    return queries.astype(np.float32), seen
+
+
+@pytest.fixture(scope="session")
+def brute_force():
+    """The reference top-k function (see ``brute_force_topk``)."""
+    return brute_force_topk
+
+
+def brute_force_topk(embeddings: np.ndarray, queries: np.ndarray, k: int, exclude=None):
+    """Reference: full NumPy sort of q @ E[1:].T by (-score, item_idx); item 0 is never a candidate."""
+    scores = queries @ embeddings[1:].T
+    ids = np.arange(1, len(embeddings))
+    out_s, out_i = [], []
+    for r in range(len(queries)):
+        s = scores[r].copy()
+        if exclude is not None:
+            s[np.isin(ids, exclude[r])] = -np.inf
+        order = np.lexsort((ids, -s))[:k]
+        out_s.append(s[order])
+        out_i.append(ids[order])
+    return np.array(out_s, np.float32), np.array(out_i, np.int64)

@@ -1,0 +1,147 @@
+"""Helpers of the serving tests (imported by conftest.py and the test modules): briefly trained ML-100K
+checkpoints with their indexes, expected answers computed offline, and ranking comparison.
+
+Models are trained in-process (no Ray Train) for ``TRAIN_STEPS`` steps: enough for the trilinear
+context projection to move away from the identity so that two contexts rank items differently.
+Indexes are built with :func:`twotower.index.build_local_index` (exact ``Flat``) over items 1..n.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+TRAIN_STEPS = 30
+BATCH = 256
+
+
+@dataclass
+class Artifacts:
+    """A checkpoint, its index(es) and the in-process pieces to compute expected answers."""
+
+    mode: str
+    dataset: Path
+    checkpoint: Path
+    index: Path
+    index_v2: Path | None
+    model: object
+
+
+def train_model(dataset: Path, mode: str, steps: int = TRAIN_STEPS, seed: int = 0):
+    """A small TwoTowerModel (D=32) trained ``steps`` steps of in-batch softmax on ML-100K train rows."""
+    from twotower.data.tables import load_feature_tables, pad_lists
+    from twotower.model.batch import to_tensors
+    from twotower.model.config import ModelConfig
+    from twotower.model.loss import compute_loss
+    from twotower.model.schema import DatasetSchema
+    from twotower.model.twotower import TwoTowerModel
+
+    schema = DatasetSchema.load(dataset)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(context_mode=mode, final_embedding_dim=32, hidden_dims=[64], dropout=0.0, rerank_depth=30)
+    model = TwoTowerModel(schema, cfg, *load_feature_tables(dataset))
+    train = pq.read_table(dataset / "interactions" / "train")
+    cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
+    cols["history"] = pad_lists(train["history"], schema.history_length)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        rows = rng.integers(0, train.num_rows, BATCH)
+        loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def make_artifacts(dataset: Path, out: Path, mode: str, num_shards: int, with_v2: bool,
+                   steps: int = TRAIN_STEPS) -> Artifacts:
+    """Checkpoint + Flat index (``num_shards``) [+ a v2 index without the 100 most popular items]."""
+    from twotower.index import build_local_index, checkpoint_record
+    from twotower.model.checkpoint import read_checkpoint_meta, save_checkpoint
+
+    model = train_model(dataset, mode, steps)
+    ckpt = save_checkpoint(model, out / "checkpoint", dataset_dir=str(dataset))
+    record = checkpoint_record(ckpt, read_checkpoint_meta(ckpt))
+    items = pq.read_table(dataset / "items.parquet", columns=["item_idx", "item_id", "train_count"])
+    idx = items["item_idx"].to_numpy()[1:].astype(np.int64)
+    ids = items["item_id"].to_pylist()[1:]
+    emb = model.all_item_embeddings().numpy()[idx]
+    build_local_index(out / "index", emb, idx, ids, num_shards=num_shards, checkpoint=record)
+    v2 = None
+    if with_v2:
+        keep = np.argsort(-items["train_count"].to_numpy()[1:], kind="stable")[100:]
+        keep.sort()
+        v2 = out / "index-v2"
+        build_local_index(v2, emb[keep], idx[keep], [ids[i] for i in keep], num_shards=num_shards, checkpoint=record)
+    return Artifacts(mode, Path(dataset), Path(ckpt), out / "index", v2, model)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Apps:
+    """The two applications the HTTP tests talk to.
+
+    ``user_tower`` (2-shard index) and ``scoring_layer`` (1 shard, untrained model): deployed
+    declaratively in one config (the ``serve deploy`` path; ``config``), the swap test re-deploys it
+    with ``with_index``. ``trilinear``: ``serve.run`` with a 1-shard index.
+    """
+
+    user_tower_url: str
+    trilinear_url: str
+    scoring_layer_url: str
+    user_tower: Artifacts
+    trilinear: Artifacts
+    scoring_layer: Artifacts
+    config: dict
+    dashboard_url: str
+
+
+class Offline:
+    """Expected answers computed in this process: plan the request, encode it with the checkpoint's
+    encoder, and search the whole index with ``ShardedIndex.search`` (no Serve, no fan-out code)."""
+
+    def __init__(self, art: Artifacts, index: Path | None = None):
+        from twotower.index import ShardedIndex
+        from twotower.serve.loading import load_encoder, load_serving_state
+
+        self.state = load_serving_state(art.checkpoint, art.dataset)
+        self.encoder, self.model_version = load_encoder(art.checkpoint, art.dataset)
+        self.index = ShardedIndex.load(index or art.index)
+
+    def query(self, body: dict):
+        """(plan, query vector float32 (D,) or None) of a request body."""
+        from twotower.serve.recommender import plan_recommend
+        from twotower.serve.schema import RecommendRequest
+
+        plan = plan_recommend(RecommendRequest.model_validate(body), self.state)
+        return plan, None if plan.query is None else self.encoder.encode([plan.query])[0]
+
+    def topk(self, body: dict) -> tuple[list[str], np.ndarray]:
+        """(item ids, scores) that ``ShardedIndex.search`` gives for the request's query vector."""
+        plan, q = self.query(body)
+        scores, items = self.index.search(q[None, :], plan.k, exclude=[plan.exclude])
+        keep = items[0] > 0
+        return [str(i) for i in self.index.item_ids(items[0][keep])], scores[0][keep]
+
+
+def assert_same_ranking(got: dict, want_ids: list[str], want_scores: np.ndarray, tol: float = 1e-4) -> None:
+    """HTTP items == offline items, allowing only swaps between items whose offline scores tie within
+    ``tol`` (the served query was encoded in a batch of another size: float rounding may differ)."""
+    ids = [it["item_id"] for it in got["items"]]
+    scores = np.array([it["score"] for it in got["items"]], np.float32)
+    assert len(ids) == len(want_ids), (len(ids), len(want_ids))
+    np.testing.assert_allclose(scores, want_scores, atol=tol)
+    for p, (a, b) in enumerate(zip(ids, want_ids)):
+        if a != b:
+            near = np.abs(want_scores - want_scores[p]) <= tol
+            assert a in [want_ids[j] for j in np.flatnonzero(near)], f"position {p}: {a} vs {b}"

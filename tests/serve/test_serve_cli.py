@@ -1,0 +1,94 @@
+"""``twotower serve``: config file generation, input errors, the shipped example, and a real run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from twotower.jobs import serve as serve_job
+from twotower.serve.app import build_app
+from twotower.serve.config import AppArgs
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "serve" / "config.example.yaml"
+
+
+def test_write_config_is_a_valid_serve_deploy_file(user_tower_artifacts, tmp_path):
+    art = user_tower_artifacts
+    out = tmp_path / "serve.yaml"
+    assert serve_job.main(["--index", str(art.index), "--checkpoint", str(art.checkpoint), "--dataset",
+                           str(art.dataset), "--port", "8123", "--shard-replicas", "2", "--write-config", str(out)]) == 0
+    config = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(config)
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    app = config["applications"][0]
+    assert app["import_path"] == "twotower.serve.app:build_app" and "index" not in app["args"]
+    searchers = [d for d in app["deployments"] if d["name"].startswith("Searcher")]
+    assert [d["name"] for d in searchers] == ["Searcher0", "Searcher1"]
+    assert all(d["num_replicas"] == 2 and d["user_config"]["index_dir"] == str(art.index.resolve()) for d in searchers)
+    built = build_app(app["args"])                       # what Serve does with import_path + args
+    assert built is not None
+
+
+def test_shipped_example_config_validates():
+    config = yaml.safe_load(EXAMPLE.read_text())
+    ServeDeploySchema.model_validate(config)
+    app = config["applications"][0]
+    AppArgs.model_validate(app["args"])
+    assert config["http_options"]["host"] == "127.0.0.1"
+
+
+def test_bad_inputs_exit_2(user_tower_artifacts, trilinear_artifacts, tmp_path, capsys):
+    ut, tri = user_tower_artifacts, trilinear_artifacts
+    assert serve_job.main(["--index", str(tmp_path), "--checkpoint", str(ut.checkpoint)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert serve_job.main(["--index", str(ut.index), "--checkpoint", str(tmp_path)]) == 2
+    assert "checkpoint.json" in capsys.readouterr().err
+    assert serve_job.main(["--index", str(tri.index), "--checkpoint", str(ut.checkpoint)]) == 2
+    assert "built from checkpoint" in capsys.readouterr().err
+    assert serve_job.main(["--checkpoint", str(ut.checkpoint)]) == 2
+
+
+def test_write_user_cache(trilinear_artifacts, tmp_path):
+    from twotower.serve.loading import load_encoder
+    art = trilinear_artifacts
+    assert serve_job.main(["--checkpoint", str(art.checkpoint), "--write-user-cache", str(tmp_path / "uc")]) == 0
+    enc, _ = load_encoder(art.checkpoint, art.dataset, user_cache=tmp_path / "uc")
+    fresh, _ = load_encoder(art.checkpoint, art.dataset)
+    assert (enc.user_cache == fresh.user_cache).all()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_cli_serves_until_interrupted(serve_apps, serve_http, tmp_path):
+    """``python -m twotower.jobs.serve`` joined to the test cluster: deploys, answers, and removes its
+    application on Ctrl-C (SIGINT)."""
+    import ray
+    base, options = serve_http
+    art = serve_apps.trilinear                                   # 1 shard: the fewest replicas to start
+    cmd = [sys.executable, "-m", "twotower.jobs.serve", "--index", str(art.index), "--checkpoint",
+           str(art.checkpoint), "--dataset", str(art.dataset), "--port", str(options["port"]), "--num-cpus", "0.05",
+           "--app-name", "tt-cli", "--route-prefix", "/cli", "--address", ray.get_runtime_context().gcs_address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    try:
+        lines = []
+        for line in proc.stdout:                                  # blocks until the CLI reports ready
+            lines.append(line)
+            if "serving tt-cli at" in line or proc.poll() is not None:
+                break
+        assert any("serving tt-cli at" in line for line in lines), "".join(lines[-30:])
+        r = requests.post(f"{base}/cli/v1/recommend", json={"user_id": "1", "k": 3}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert requests.post(f"{base}/cli/v1/recommend", json={"user_id": "1"}, timeout=60).status_code == 404
