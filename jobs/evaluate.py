@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from twotower.jobs.common import run_standalone
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` arguments to ``p`` and set ``func``."""
@@ -71,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m twotower.jobs.evaluate --checkpoint CKPT --dataset DIR``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="twotower evaluate", description="Evaluate a two-tower checkpoint.")
-    configure(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_standalone("twotower evaluate", "Evaluate a two-tower checkpoint.", configure, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import logging
 import re
 import sys
 
+from twotower.jobs.common import run_standalone, setup_logging
+
 log = logging.getLogger("twotower.index")
 
 
@@ -60,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from twotower.index.build import IndexBuildError
     from twotower.model.checkpoint import CheckpointError
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    setup_logging(log, args.quiet)
     if not args.dataset and not args.items and not args.embeddings:
         print("twotower index: error: give --dataset and/or --items (or --embeddings)", file=sys.stderr)
         return 2
@@ -106,10 +106,8 @@ def user_error(e: BaseException, kinds: tuple[type[BaseException], ...]) -> str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m twotower.jobs.index``."""
-    parser = argparse.ArgumentParser(prog="twotower index", description="Build sharded FAISS item indexes.")
-    configure(parser)
-    return run(parser.parse_args(argv))
+    """``python -m twotower.jobs.index``; returns the exit code."""
+    return run_standalone("twotower index", "Build sharded FAISS item indexes.", configure, argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 from twotower.data.errors import DataFormatError
 from twotower.data.locate import DownloadError
 from twotower.data.movielens import VARIANTS
+from twotower.jobs.common import run_standalone, setup_logging
 
 log = logging.getLogger("twotower.data")
 
@@ -69,9 +70,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``prepare`` command; returns the process exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    setup_logging(log, args.quiet)
     common = dict(split=args.split, valid_fraction=args.valid_fraction,
                   test_fraction=args.test_fraction, history_length=args.history_length,
                   rows_per_file=args.rows_per_file, overwrite=args.overwrite)
@@ -102,10 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m twotower.jobs.prepare {movielens,synthetic} ...``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="twotower prepare", description="Write a prepared dataset.")
-    configure(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_standalone("twotower prepare", "Write a prepared dataset.", configure, argv)
 
 
 if __name__ == "__main__":

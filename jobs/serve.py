@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from twotower.index.manifest import IndexFormatError, Manifest
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
+from twotower.jobs.common import run_standalone
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -150,10 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twotower serve", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    """``python -m twotower.jobs.serve``; returns the exit code."""
+    return run_standalone("twotower serve", __doc__.splitlines()[0], configure, argv)
 
 
 if __name__ == "__main__":

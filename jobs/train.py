@@ -17,6 +17,7 @@ import sys
 from pydantic import ValidationError
 
 from twotower.distributed.config import ConfigError, TrainConfig
+from twotower.jobs.common import run_standalone
 
 FLAG_KEYS = {"num_workers": "num_workers", "epochs": "epochs", "out": "storage_path", "run_name": "run_name",
              "resume_from": "resume_from"}
@@ -106,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m twotower.jobs.train --dataset DIR ...``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="twotower train", description="Data-parallel two-tower training on Ray.")
-    configure(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_standalone("twotower train", "Data-parallel two-tower training on Ray.", configure, argv)
 
 
 if __name__ == "__main__":
