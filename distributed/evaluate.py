@@ -11,6 +11,9 @@ import torch
 
 from twotower.data.tables import load_feature_tables, pad_lists
 from twotower.distributed.data import SEEN_COLUMN, split_dir
+from twotower.index.recall import ann_rank_scores, index_recall
+from twotower.index.sharded import ShardedIndex
+from twotower.model.config import ContextMode
 from twotower.model.batch import batch_columns, to_tensors
 from twotower.model.checkpoint import load_checkpoint
 from twotower.model.metrics import RankingAccumulator, popularity_scores
@@ -51,20 +54,28 @@ def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchem
 
 @torch.no_grad()
 def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "test",
-             ks: Sequence[int] = (10, 20, 50), batch_size: int = 1024, device: str | torch.device = "cpu") -> dict:
+             ks: Sequence[int] = (10, 20, 50), batch_size: int = 1024, device: str | torch.device = "cpu",
+             index_dir: str | Path | None = None) -> dict:
     """Full-ranking metrics of a checkpoint and of the popularity baseline on ``split``.
 
     Every query ranks the whole catalogue minus item 0 and the user's earlier items (``seen_items``);
-    popularity scores items by their train interaction count. Both use the same accumulator.
+    popularity scores items by their train interaction count. Both use the same accumulator. With
+    ``index_dir`` (a ``twotower index`` output built from this checkpoint) the model's queries are also
+    ranked through the sharded index (top ``max(ks)`` per query, seen items excluded in the search), and
+    the index's recall@max(ks) against the exact (brute-force) top-k is reported.
 
     Returns:
         ``{"model": {...}, "popularity": {...}, "split", "num_queries", "checkpoint", "dataset_dir", "ks"}``
         where each metrics dict has ``recall@k``, ``hr@k``, ``ndcg@k`` per k, ``sampled_hr@10``,
-        ``sampled_ndcg@10`` and ``count``.
+        ``sampled_ndcg@10`` and ``count``; with an index also ``"index": {...}`` (same metrics, ranked
+        through the index), ``"index_recall@K"`` and ``"index_dir"``.
 
     Raises:
         CheckpointError: unreadable checkpoint. SchemaError / FileNotFoundError: not a prepared dataset.
-        ValueError: the checkpoint was trained on different vocabulary sizes than ``dataset_dir``.
+        ValueError: the checkpoint was trained on different vocabulary sizes than ``dataset_dir``, or
+            ranking through an index is asked for a ``scoring_layer`` model (its score is not a dot
+            product; serving re-ranks index candidates with the head instead).
+        IndexFormatError: the index is unreadable or was built from another checkpoint.
     """
     loaded = load_checkpoint(checkpoint_dir, map_location=device)
     model, schema = loaded.model, DatasetSchema.load(dataset_dir)
@@ -78,12 +89,35 @@ def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "
     popularity = popularity_scores(item_table["train_count"]).to(device)
     accs = {name: RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
             for name in ("model", "popularity")}
+    index, depth, recall_sum = None, max(ks), 0.0
+    if index_dir is not None:
+        index = _open_index(index_dir, loaded)
+        accs["index"] = RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
     item_embs = model.all_item_embeddings()
     for numpy_batch, seen in iter_split_batches(dataset_dir, split, schema, batch_size):
         batch = to_tensors(numpy_batch, schema, device)
         target, users = batch["item_idx"], batch["user_idx"]
-        accs["model"].add(model.rank_scores(batch, item_embs), target, seen, user_idx=users)
+        exact = model.rank_scores(batch, item_embs)
+        accs["model"].add(exact, target, seen, user_idx=users)
         accs["popularity"].add(popularity.expand(len(target), -1), target, seen, user_idx=users)
+        if index is not None:
+            queries = model.query_embedding(batch).cpu().numpy()
+            ann = ann_rank_scores(index, queries, schema.num_items, depth, exclude=seen, base_scores=exact.cpu())
+            accs["index"].add(torch.from_numpy(ann), target, seen, user_idx=users)
+            recall_sum += index_recall(index, item_embs.cpu(), queries, depth, exclude=seen) * len(target)
     out = {name: RankingAccumulator.finalize(acc.sums()) for name, acc in accs.items()}
-    return {**out, "split": split, "num_queries": int(out["model"]["count"]),
-            "checkpoint": str(checkpoint_dir), "dataset_dir": str(dataset_dir), "ks": sorted(set(ks))}
+    result = {**out, "split": split, "num_queries": int(out["model"]["count"]),
+              "checkpoint": str(checkpoint_dir), "dataset_dir": str(dataset_dir), "ks": sorted(set(ks))}
+    if index is not None:
+        result |= {f"index_recall@{depth}": recall_sum / max(out["model"]["count"], 1.0), "index_dir": str(index_dir)}
+    return result
+
+
+def _open_index(index_dir: str | Path, loaded) -> ShardedIndex:
+    """Load the index and check it belongs to ``loaded`` (same model.pt sha256) and a dot-product mode."""
+    if loaded.model_config.context_mode == ContextMode.SCORING_LAYER:
+        raise ValueError("ranking through an index needs a dot-product model (user_tower or trilinear); "
+                         "scoring_layer re-ranks index candidates with its head at serving time")
+    index = ShardedIndex.load(index_dir)
+    index.verify_checkpoint(loaded.meta["sha256"]["model.pt"])
+    return index

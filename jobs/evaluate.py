@@ -25,6 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50], help="cut-offs k (default: 10 20 50)")
     p.add_argument("--batch-size", type=int, default=1024, help="queries scored per batch")
     p.add_argument("--out", help="metrics JSON path (default: <checkpoint>/../eval_<split>.json)")
+    p.add_argument("--index", help="also rank through this index (twotower index output) and report its "
+                                   "recall against exact search")
     p.set_defaults(func=run)
 
 
@@ -41,11 +43,15 @@ def format_table(result: dict) -> str:
     model, popularity and their ratio."""
     model, pop = result["model"], result["popularity"]
     keys = [k for k in model if k != "count" and not k.startswith("hr@")]
+    index = result.get("index")
     lines = [f"{result['split']} split, {result['num_queries']:,} queries",
-             f"{'metric':<18}{'model':>10}{'popularity':>12}{'ratio':>9}"]
+             f"{'metric':<18}{'model':>10}{'popularity':>12}{'ratio':>9}" + (f"{'via index':>11}" if index else "")]
     for k in keys:
         ratio = f"{model[k] / pop[k]:.2f}x" if pop.get(k) else "-"
-        lines.append(f"{k:<18}{model[k]:>10.4f}{pop.get(k, float('nan')):>12.4f}{ratio:>9}")
+        lines.append(f"{k:<18}{model[k]:>10.4f}{pop.get(k, float('nan')):>12.4f}{ratio:>9}"
+                     + (f"{index[k]:>11.4f}" if index else ""))
+    lines += [f"{key}: {value:.4f} (index top-k vs exact top-k)" for key, value in result.items()
+              if key.startswith("index_recall@")]
     return "\n".join(lines)
 
 
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print("twotower evaluate: error: --ks and --batch-size must be positive", file=sys.stderr)
         return 2
     try:
-        result = evaluate(args.checkpoint, args.dataset, split=args.split, ks=args.ks, batch_size=args.batch_size)
+        result = evaluate(args.checkpoint, args.dataset, split=args.split, ks=args.ks, batch_size=args.batch_size,
+                          index_dir=args.index)
     except (CheckpointError, SchemaError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"twotower evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -112,3 +113,33 @@ def test_failed_job_leaves_no_index(flat_indexes, ml100k_checkpoint, tmp_path):
                                      factory="IVF4096,Flat", embeddings=str(flat_indexes[3] / "embeddings")))
     assert os.listdir(tmp_path) == []                                      # neither OUT nor a staging dir
     assert ShardedIndex.load(flat_indexes[3]).num_items == 1682            # reused embeddings untouched
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_through_the_index(flat_indexes, ml100k_checkpoint, ml100k_dataset, tmp_path, capsys):
+    """`twotower evaluate --index`: ranking through an exact (Flat) index gives the brute-force metrics
+    and index recall 1.0; an index of another checkpoint is refused with exit code 2."""
+    from twotower.jobs.evaluate import main
+
+    out = tmp_path / "eval.json"
+    args = ["--checkpoint", str(ml100k_checkpoint), "--dataset", str(ml100k_dataset), "--split", "test",
+            "--ks", "10", "20", "--index", str(flat_indexes[3]), "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    for k in ("recall@10", "ndcg@10", "recall@20", "ndcg@20"):
+        assert abs(result["index"][k] - result["model"][k]) < 1e-9, k
+    assert result["index_recall@20"] > 0.999
+    assert "via index" in capsys.readouterr().out
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(ml100k_checkpoint, foreign)
+    meta = json.loads((foreign / "checkpoint.json").read_text())
+    import torch
+    state = torch.load(foreign / "model.pt", weights_only=True)
+    state[next(k for k, v in state.items() if v.is_floating_point())] += 1.0
+    torch.save(state, foreign / "model.pt")
+    from twotower.model.checkpoint import sha256_file
+    meta["sha256"]["model.pt"] = sha256_file(foreign / "model.pt")
+    (foreign / "checkpoint.json").write_text(json.dumps(meta))
+    assert main(args[:1] + [str(foreign)] + args[2:]) == 2
+    assert "checkpoint" in capsys.readouterr().err
