@@ -142,6 +142,9 @@ class TwoTowerTrainer:
         _check_resume(cfg, schema)
         run_name = cfg.run_name or f"{schema.name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
         storage, run_dir = _storage_and_run_dir(cfg.storage_path, run_name)
+        if (run_dir / "summary.json").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a finished run (Ray would restore it and "
+                              f"ignore this config); choose another run_name or remove that directory")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         owned = start_local_ray(cfg)

@@ -105,6 +105,8 @@ def test_incompatible_resume_and_cluster_errors_fail_fast(fitted, synthetic_data
     with pytest.raises(ConfigError, match="already completed epoch"):
         TwoTowerTrainer(_config(tmp_path, resume_from=str(first.best_checkpoint),
                                 epochs=first.metrics["epoch"])).fit(synthetic_dataset)
+    with pytest.raises(ConfigError, match="already holds a finished run"):   # not silently restored
+        TwoTowerTrainer(_config(first.run_dir.parent, run_name=first.run_dir.name)).fit(synthetic_dataset)
     with pytest.raises(ConfigError, match="CPUs"):               # 8 workers on a 4-CPU cluster: no hang
         TwoTowerTrainer(_config(tmp_path, num_workers=8, batch_size=64)).fit(synthetic_dataset)
 
