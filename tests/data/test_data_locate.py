@@ -83,7 +83,7 @@ def test_download_via_find_and_zip_extraction(tmp_path, monkeypatch):
 
 def test_ml_latest_small_zip_from_shared_data(tmp_path):
     if not (DATA / "ml-latest-small" / "ml-latest-small.zip").is_file():
-        pytest.skip("ml-latest-small.zip not available")
+        pytest.fail("ml-latest-small.zip not available" + " (set TWOTOWER_DATA_DIR or place MovieLens under ../shared/data)")
     folder = find_movielens("ml-latest-small", DATA)
     assert folder.is_relative_to(tmp_path / "cache")  # extracted into the cache, not the repo
     stats = prepare_movielens(tmp_path / "out", "ml-latest-small", src=folder, history_length=10)

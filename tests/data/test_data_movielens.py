@@ -18,7 +18,7 @@ DATA = Path(os.environ.get("TWOTOWER_DATA_DIR",
 def need(variant: str) -> Path:
     path = DATA / variant
     if not path.is_dir():
-        pytest.skip(f"real data {path} not available")
+        pytest.fail(f"real data {path} not available" + " (set TWOTOWER_DATA_DIR or place MovieLens under ../shared/data)")
     return path
 
 

@@ -27,7 +27,7 @@ def read_split(root: Path, split: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def ml100k(tmp_path_factory) -> Path:
     if not ML100K.is_dir():
-        pytest.skip(f"{ML100K} not available")
+        pytest.fail(f"{ML100K} not available" + " (set TWOTOWER_DATA_DIR or place MovieLens under ../shared/data)")
     out = tmp_path_factory.mktemp("prep") / "ml-100k"
     prepare_movielens(out, "ml-100k", src=ML100K)
     return out
