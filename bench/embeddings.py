@@ -102,7 +102,7 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
 
 def run_variant(variant: str, ids: int, items: int, buckets: int, batch: int, steps: int, warmup: int) -> dict:
     """Run one variant on 2 processes; returns its figures, or ``skipped`` with the memory estimate."""
-    rows = (min(ids, buckets) if variant == "hashed" else ids) + items
+    rows = (buckets if variant == "hashed" else ids) + items
     estimate = 2 * rows * 64 * 4 * STATE_COPIES[variant] + 2 * 600e6        # 2 processes, ~0.6 GB base each
     available = psutil.virtual_memory().available
     if estimate > 0.85 * available:
