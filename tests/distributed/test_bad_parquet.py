@@ -85,6 +85,21 @@ def test_footer_damage_fails_before_ray_starts_naming_the_file(dataset, tmp_path
     assert not (tmp_path / "runs" / "bad").exists()              # nothing was started
 
 
+def test_cli_flags_and_a_bad_file_exit_2_naming_it(dataset, tmp_path, capsys):
+    from twotower.jobs import train as train_job
+
+    p = train_job.argparse.ArgumentParser()
+    train_job.configure(p)
+    cfg = train_job.build_config(p.parse_args(["--dataset", "d", "--skip-bad-files", "--max-failures", "2"]))
+    assert cfg.skip_bad_files and cfg.max_failures == 2
+    assert not train_job.build_config(p.parse_args(["--dataset", "d"])).skip_bad_files
+    bad = dataset / "interactions" / "valid" / "part-00000.parquet"
+    _damage(bad, "garbage")
+    assert train_job.main(["--dataset", str(dataset), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"twotower train: error: {bad}: not a readable parquet file" in err
+
+
 def test_index_job_item_check_names_the_file(dataset, tmp_path):
     assert check_item_files([str(dataset / "items.parquet")]) == pq.ParquetFile(dataset / "items.parquet"
                                                                                ).metadata.num_rows

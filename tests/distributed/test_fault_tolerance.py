@@ -5,12 +5,12 @@ checks that Ray Train restarted the worker group, the loop continued after the e
 every epoch appears once in the history, and the final metric matches an undisturbed run.
 
 When to kill: Ray Train registers an epoch's checkpoint in the controller only after every worker
-reported it; a worker killed before that makes the run resume from the previous one. The killer
-waits until the controller's checkpoint-manager snapshot (``checkpoint_manager_snapshot.json`` in
-the run directory, written right after registration) names ``epoch_0001`` as the latest
-checkpoint, then waits a third of epoch 1's duration (the workers are then inside epoch 2, which
-ends with validation and a checkpoint upload) and kills. It records the latest registered
-checkpoint at the moment of the kill, so an unexpected timing shows up as a clear assertion.
+reported it (a worker killed earlier, e.g. during the checkpoint upload, makes the run resume from
+the previous checkpoint and redo the epoch). The killer waits until the controller's
+checkpoint-manager snapshot (``checkpoint_manager_snapshot.json`` in the run directory, a Ray
+internal written right after registration) names ``epoch_0001`` as the latest checkpoint and kills
+at once (see ``WorkerKiller``). It records the latest registered checkpoint right after the kill,
+so an unexpected timing shows up as a clear assertion rather than a confusing one.
 """
 from __future__ import annotations
 
@@ -61,9 +61,11 @@ def _train_worker_pids() -> list[int]:
 class WorkerKiller(threading.Thread):
     """SIGKILLs one training worker as soon as the controller registered the epoch-1 checkpoint.
 
-    At that moment every worker has reported epoch 1 and is inside epoch 2 (data start-up, 30 steps,
-    validation, checkpoint upload: seconds). ``latest_at_kill`` (the latest registered checkpoint read
-    right after the kill) and ``epoch2_started_upload`` show where the kill landed.
+    The worker pids are looked up beforehand, so the kill follows the registration within ~50 ms:
+    the workers are then inside epoch 2 (they continue right after reporting), and epoch 2 cannot be
+    registered before the controller's next poll (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s; one
+    report per worker per poll). ``latest_at_kill`` (read right after the kill) and
+    ``epoch2_started_upload`` show where the kill landed.
     """
 
     def __init__(self, run_dir: Path, timeout_s: float = 400):
@@ -75,11 +77,12 @@ class WorkerKiller(threading.Thread):
         self.error: str | None = None
 
     def run(self) -> None:
-        deadline = time.time() + self.timeout_s
+        deadline, pids = time.time() + self.timeout_s, []
         while time.time() < deadline:
+            if len(pids) != 2:
+                pids = _train_worker_pids()
             name, _ = _latest_registered(self.run_dir)
             if name == "epoch_0001":
-                pids = _train_worker_pids()
                 if len(pids) != 2:
                     self.error = f"expected 2 training worker processes, found {pids}"
                     return
@@ -91,7 +94,7 @@ class WorkerKiller(threading.Thread):
             if name is not None:
                 self.error = f"epoch 1 was not seen as the latest checkpoint (now {name})"
                 return
-            time.sleep(0.05)
+            time.sleep(0.05 if len(pids) == 2 else 0.5)
         self.error = "epoch 1 was never registered"
 
 
@@ -130,4 +133,4 @@ def test_worker_killed_in_epoch_2_resumes_from_epoch_1_checkpoint(undisturbed, s
           f"{time.time() - started:.0f} s")
     assert final == pytest.approx(reference, abs=0.03)
     first = result.history[0]["valid_recall@10"]                  # epoch 1, before the kill
-    assert first == pytest.approx(undisturbed.history[0]["valid_recall@10"], abs=0.03)
+    assert first == pytest.approx(undisturbed.history[0]["valid_recall@10"], abs=0.04)   # early epochs vary more
