@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 class DataFormatError(ValueError):
-    """A raw input file is missing, empty or malformed.
+    """An input file (raw interactions, or a prepared parquet file) is missing, empty or malformed.
 
     The message always names the file and, where one applies, the 1-based line number and the
     offending value, e.g. ``".../u.data line 17: user id 'abc' is not an integer"``.

@@ -43,9 +43,10 @@ class TrainConfig(BaseModel):
     storage_path: str = Field("runs", description="local path or pyarrow filesystem URI for checkpoints")
     run_name: str | None = None
     resume_from: str | None = Field(None, description="checkpoint directory to resume from")
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts (from the latest checkpoint) before the run fails; -1 = unlimited")
     stall_timeout_s: float = Field(600.0, gt=0.0, description="fail if no training step, validation batch or report happens for this many seconds (start-up included)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
+    skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "TrainConfig":

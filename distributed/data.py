@@ -24,6 +24,16 @@ local_shuffle_buffer_size=..., local_shuffle_seed=seed + epoch + rank)``). This 
 shuffle; prepared files hold users in index order, so the buffer mixes many users per batch, which
 is what in-batch negatives need. A full ``random_shuffle()`` would materialise the dataset.
 
+After a worker failure Ray Train rebuilds the dataset shards from the datasets given to the
+trainer, so the per-execution file-order seed starts again at execution 0: in a run resumed after
+epoch k, epoch k + j reads the files in the order of epoch j of an undisturbed run. Every file is
+still read once per epoch; the local shuffle seed uses the absolute epoch and is unaffected. (Block
+assignment by ``streaming_split`` is dynamic, so rows per worker differ between runs anyway.)
+
+Input checks (``check_splits``): before anything starts, every parquet footer of a split is read
+and its columns are checked against the schema (``split_required_columns``); a bad file raises
+``DataFormatError`` naming it, or is left out when ``skip_bad_files`` is set.
+
 Why the V1 parquet datasource: Ray 2.60 defaults to ``use_datasource_v2``, whose per-execution
 footer-reader pool added ~10 s to every epoch start on a 2-core machine (V1: ~0.4 s). ``read_split``
 switches it off only around its own ``read_parquet`` call.
@@ -35,16 +45,21 @@ split stored as a single file across workers.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
 import ray.train
 import torch
 
+from twotower.data.errors import DataFormatError
+from twotower.data.parquet_check import (BadParquetFile, check_parquet_files, find_unreadable_file,
+                                         raise_for_bad_files)
 from twotower.model.batch import batch_columns, to_numpy_batch
 from twotower.model.schema import DatasetSchema
 
@@ -67,6 +82,66 @@ def split_num_rows(dataset_dir: str | Path, split: str) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
+def split_required_columns(schema: DatasetSchema, split: str) -> dict[str, str]:
+    """Columns (name -> kind, see ``twotower.data.parquet_check``) a split's files must have."""
+    cols = {"user_idx": "integer", "item_idx": "integer", "history": "integer_list"}
+    cols.update({f.name: "number" if f.kind == "numeric" else "integer" for f in schema.context_features})
+    if split != "train":
+        cols[SEEN_COLUMN] = "integer_list"
+    return cols
+
+
+def check_splits(dataset_dir: str | Path, schema: DatasetSchema, splits: tuple[str, ...] = ("train", "valid"),
+                 skip_bad_files: bool = False) -> tuple[dict[str, list[str]], dict[str, int], list[BadParquetFile]]:
+    """Footer + column check of every parquet file of ``splits`` (no data read).
+
+    Returns ``(files per split, rows per split, skipped files)``; ``skipped`` is empty unless
+    ``skip_bad_files``.
+
+    Raises:
+        DataFormatError: a bad file (garbage, truncated, missing column, wrong type) without
+            ``skip_bad_files``, or no usable file left in a split; the message names the file.
+        FileNotFoundError: a split has no parquet files.
+    """
+    files, rows, skipped = {}, {}, []
+    for split in splits:
+        paths = sorted(str(p) for p in split_dir(dataset_dir, split).glob("*.parquet"))
+        good, n, bad = check_parquet_files(paths, split_required_columns(schema, split))
+        if not skip_bad_files:
+            raise_for_bad_files(bad, hint="; fix or remove it, or set skip_bad_files=true to leave bad files out")
+        if not good:
+            raise_for_bad_files(bad, hint=f"; no usable file left in the {split} split")
+        files[split], rows[split] = good, n
+        skipped += bad
+    return files, rows, skipped
+
+
+def raise_for_unreadable_input(error: BaseException, files: dict[str, list[str]], schema: DatasetSchema) -> None:
+    """Explain a failed fit: when an I/O or Arrow error is among ``error``, its causes and its
+    ``worker_failures`` (Ray Train's ``WorkerGroupError``), raise DataFormatError naming the first
+    file of ``files`` (per split) whose data pages do not decode, chained to ``error``; else return.
+
+    Reads the split files (``find_unreadable_file``), so call it on the error path only.
+    """
+    pending, seen, io_error = [error], set(), False
+    while pending and not io_error:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        io_error = isinstance(e, (OSError, pa.ArrowException)) or bool(
+            re.search(r"parquet|pyarrow|thrift", str(e)[:100_000], re.IGNORECASE))
+        pending += [e.__cause__, e.__context__, getattr(e, "cause", None),
+                    *(getattr(e, "worker_failures", None) or {}).values()]
+    if not io_error:
+        return
+    for split, paths in files.items():
+        bad = find_unreadable_file(paths, list(split_required_columns(schema, split)))
+        if bad is not None:
+            raise DataFormatError(bad.path, f"{bad.reason}; the {split} split cannot be read, training "
+                                            f"failed with {type(error).__name__}") from error
+
+
 def shuffle_buffer_rows(batch_size: int) -> int:
     """Rows held in each worker's local shuffle buffer: 8 batches, at least 10k rows (~5 MB at N=50)."""
     return max(8 * batch_size, 10_000)
@@ -85,13 +160,15 @@ def preprocess_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> 
 
 
 def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, with_seen: bool = False,
-               shuffle_seed: int | None = None, rows_per_block: int | None = None) -> "ray.data.Dataset":
+               shuffle_seed: int | None = None, rows_per_block: int | None = None,
+               files: list[str] | None = None) -> "ray.data.Dataset":
     """Lazy Ray Dataset over one split, preprocessed to model dtypes (see the module docstring).
 
     Args:
         with_seen: also read ``seen_items`` (valid/test only; needed to exclude seen items in ranking).
         shuffle_seed: if not None, reshuffle the file order every execution (epoch) from this seed.
         rows_per_block: if set, stream-repartition into blocks of at most this many rows.
+        files: read only these parquet files of the split (default: all; see ``check_splits``).
 
     Raises:
         FileNotFoundError: the split has no parquet files.
@@ -104,7 +181,7 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
     try:
         shuffle = None if shuffle_seed is None else ray.data.FileShuffleConfig(
             seed=shuffle_seed, reseed_after_execution=True)
-        ds = ray.data.read_parquet(str(path), shuffle=shuffle)
+        ds = ray.data.read_parquet(list(files) if files else str(path), shuffle=shuffle)
     finally:
         ctx.use_datasource_v2 = previous
     ds = ds.select_columns(columns).map_batches(preprocess_batch, fn_kwargs={"schema": schema},
@@ -116,11 +193,17 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
     return ds
 
 
-def build_datasets(dataset_dir: str | Path, schema: DatasetSchema, seed: int = 0) -> dict[str, "ray.data.Dataset"]:
-    """``{"train": ..., "valid": ...}`` for ``TorchTrainer(datasets=...)``; train reshuffles files per epoch."""
+def build_datasets(dataset_dir: str | Path, schema: DatasetSchema, seed: int = 0,
+                   files: Mapping[str, list[str]] | None = None) -> dict[str, "ray.data.Dataset"]:
+    """``{"train": ..., "valid": ...}`` for ``TorchTrainer(datasets=...)``; train reshuffles files per epoch.
+
+    ``files``: the parquet files to read per split (``check_splits``); default all of them.
+    """
+    files = files or {}
     return {
-        "train": read_split(dataset_dir, "train", schema, shuffle_seed=seed),
-        "valid": read_split(dataset_dir, "valid", schema, with_seen=True, rows_per_block=EVAL_ROWS_PER_BLOCK),
+        "train": read_split(dataset_dir, "train", schema, shuffle_seed=seed, files=files.get("train")),
+        "valid": read_split(dataset_dir, "valid", schema, with_seen=True, rows_per_block=EVAL_ROWS_PER_BLOCK,
+                            files=files.get("valid")),
     }
 
 

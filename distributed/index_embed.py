@@ -20,16 +20,20 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import torch
 
+from twotower.data.errors import DataFormatError
+from twotower.data.parquet_check import check_parquet_file
 from twotower.index import storage
 from twotower.index.build import shard_of
 from twotower.model.checkpoint import (CHECKPOINT_FORMAT_VERSION, CheckpointError, load_checkpoint,
                                         read_checkpoint_meta)
 
 EMBEDDING_COLUMNS = ("item_idx", "item_id", "embedding")
+ITEM_COLUMNS = {"item_idx": "integer", "item_id": "any"}
 
 
 def checkpoint_meta(checkpoint: str) -> dict:
@@ -97,6 +101,34 @@ def item_paths(dataset: str | None, items: list[str] | tuple[str, ...] = ()) -> 
     if not paths:
         raise ValueError("no item catalogue: give a dataset directory and/or item parquet files")
     return [p if storage.is_uri(p) else storage.resolve(p)[1] for p in paths]
+
+
+def check_item_files(paths: list[str]) -> int:
+    """Footer + column check (``item_idx`` integer, ``item_id`` present) of every item parquet input, no
+    data read; ``paths`` are files or directories (every ``*.parquet`` below), local or URIs.
+
+    Returns the number of rows (from the footers).
+
+    Raises:
+        FileNotFoundError: a path that does not exist. DataFormatError: a file that is not parquet, is
+            truncated or lacks a column (names the file).
+    """
+    rows = 0
+    for path in paths:
+        fs, inner = storage.resolve(path)
+        kind = fs.get_file_info(inner).type
+        if kind == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{path}: no such item parquet file or directory")
+        files = ([storage.join(path, f) for f in storage.list_files(path) if f.endswith(".parquet")]
+                 if kind == pafs.FileType.Directory else [path])
+        if not files:
+            raise FileNotFoundError(f"{path}: directory has no parquet files")
+        for f in files:
+            n, reason = check_parquet_file(storage.resolve(f)[1], ITEM_COLUMNS, fs)
+            if reason is not None:
+                raise DataFormatError(f, f"item catalogue: {reason}")
+            rows += n
+    return rows
 
 
 def embed_items(checkpoint: str, paths: list[str], out: str, *, num_shards: int, batch_size: int = 4096,

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from twotower.distributed.index_embed import checkpoint_meta, embed_items, item_paths, iter_shard, shard_rows
+from twotower.distributed.index_embed import (check_item_files, checkpoint_meta, embed_items, item_paths,
+                                              iter_shard, shard_rows)
 from twotower.distributed.local_ray import use_loopback_only
 from twotower.index import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
@@ -144,6 +145,8 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
 
     Raises:
         FileExistsError: ``out`` is non-empty and ``overwrite`` is False (checked before any work).
+        FileNotFoundError / DataFormatError: a missing item file, or one that is not parquet, is
+            truncated or lacks item_idx/item_id (names the file; checked before Ray starts).
         CheckpointError: unreadable checkpoint. IndexBuildError: factory/shard mismatch (e.g. a shard
             with fewer vectors than IVF lists) or an item listed twice. ValueError: bad arguments or item
             indices outside the checkpoint's vocabulary.
@@ -157,6 +160,7 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
     parse_factory(cfg.factory, dim)
     params = default_search_params(cfg.factory, cfg.nprobe, cfg.ef_search)
     paths = item_paths(cfg.dataset, cfg.items) if cfg.embeddings is None else []
+    check_item_files(paths)                  # footers + columns of every item file, before Ray starts
     model_sha = meta.get("sha256", {}).get("model.pt")
     stored_shards = _check_reused(cfg.embeddings, model_sha) if cfg.embeddings is not None else cfg.num_shards
     started = ensure_ray()

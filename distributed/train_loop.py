@@ -60,6 +60,7 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0                 # epochs since the last improvement
     history: list[dict] = field(default_factory=list)
+    resumed_after_epochs: list[int] = field(default_factory=list)   # restarts from the run's own checkpoint
 
     @classmethod
     def from_checkpoint_meta(cls, meta: dict) -> "TrainState":
@@ -87,7 +88,8 @@ def train_loop_per_worker(config: dict) -> dict:
     ``log_every`` (steps between rank-0 progress lines).
 
     Returns ``{"history": [per-epoch metrics], "weight_digests": [sha256 of each rank's final
-    weights], "best_epoch", "stopped_early"}``.
+    weights], "best_epoch", "stopped_early", "resumed_after_epochs": [epochs after which this run
+    continued from its own checkpoint]}``.
 
     Raises:
         FloatingPointError: the training loss became NaN/inf.
@@ -111,7 +113,8 @@ def train_loop_per_worker(config: dict) -> dict:
     user_table, item_table = load_feature_tables(dataset_dir)
     model = TwoTowerModel(schema, cfg.model, user_table, item_table)
 
-    # 3. resume: Ray's latest checkpoint of this run (after a worker failure) wins over resume_from
+    # 3. resume: Ray's latest checkpoint of this run (the worker group was restarted after a worker
+    #    failure; the last epoch whose report every worker made) wins over resume_from
     state, optimizer_state = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None or cfg.resume_from:
@@ -120,7 +123,14 @@ def train_loop_per_worker(config: dict) -> dict:
             loaded = load_checkpoint(path)
         model.load_state_dict(loaded.model.state_dict())
         state, optimizer_state = TrainState.from_checkpoint_meta(loaded.meta), loaded.optimizer_state
-        say(f"resuming after epoch {state.epoch} from {'the run' if checkpoint else cfg.resume_from}")
+        if checkpoint is not None:
+            state.resumed_after_epochs.append(state.epoch)
+            say(f"resuming after epoch {state.epoch} from the run's checkpoint after a worker failure "
+                f"({os.path.basename(checkpoint.path)})")
+        else:
+            state.resumed_after_epochs = []        # restarts of this run only, not of the one resumed from
+            say(f"resuming after epoch {state.epoch} from {cfg.resume_from}")
+        progress.beat(force=True, stage="resumed", epoch=state.epoch)
 
     # 4. DDP + optimizer (+ restored optimizer state)
     # feature tables and item_prob are constant buffers: synced once at init, not broadcast every step
@@ -204,7 +214,8 @@ def train_loop_per_worker(config: dict) -> dict:
     # 9. every rank's final weights, to check that DDP kept the replicas identical
     digests = all_gather_object(weight_digest(core))
     return {"history": state.history, "weight_digests": digests, "best_epoch": state.best_epoch,
-            "stopped_early": bool(state.history and state.history[-1]["stop"])}
+            "stopped_early": bool(state.history and state.history[-1]["stop"]),
+            "resumed_after_epochs": state.resumed_after_epochs}
 
 
 def _console(msg: str) -> None:

@@ -2,16 +2,26 @@
 
 What ``fit`` does:
 
-1. checks the inputs before starting anything (schema, splits, batch size vs rows per worker,
-   ``resume_from`` compatibility, enough CPUs/GPUs in the cluster) and raises ConfigError early;
+1. checks the inputs before starting anything (schema, the footer and columns of every train/valid
+   parquet file, batch size vs rows per worker, ``resume_from`` compatibility, enough CPUs/GPUs in
+   the cluster) and raises ConfigError / DataFormatError early; ``skip_bad_files`` leaves bad files
+   out instead (a WARNING per file; listed in ``summary.json``);
 2. starts a local Ray runtime when none is initialised (``start_local_ray``) and shuts it down
    afterwards; an already initialised runtime (e.g. a test fixture, ``ray.init(address=...)``) is
    used as is;
 3. runs ``TorchTrainer.fit`` inside a Ray task (so it can be force-cancelled) under the stall
    watchdog (``watchdog.run_with_watchdog``; ``TrainingStalledError`` after ``stall_timeout_s``
    without progress);
-4. copies the best checkpoint (highest ``valid_recall@monitor_k``) to ``RUN_DIR/best_checkpoint`` and
+4. on a failed fit involving an I/O or Arrow error, finds the input file whose data pages do not
+   decode and raises DataFormatError naming it (chained to the original error);
+5. copies the best checkpoint (highest ``valid_recall@monitor_k``) to ``RUN_DIR/best_checkpoint`` and
    writes ``metrics.csv``, ``training_curves.png``, ``config.yaml`` and ``summary.json``.
+
+Worker failures: with ``max_failures`` > 0, Ray Train replaces the worker group after a worker dies
+and every worker restarts ``train_loop_per_worker``, which continues after the run's latest
+registered checkpoint (one per epoch); the epochs it resumed after are in
+``FitResult.resumed_after_epochs`` and ``summary.json``. A restart takes seconds to a minute (new
+worker processes, dataset set-up), which counts against ``stall_timeout_s``.
 
 ``RUN_DIR`` is ``<storage_path>/<run_name>`` for a local ``storage_path`` (Ray Train's own
 ``epoch_NNNN`` checkpoint directories and state live there too); for a URI ``storage_path``
@@ -34,10 +44,10 @@ import ray
 
 from twotower.distributed.artifacts import plot_training_curves, write_metrics_csv, write_summary
 from twotower.distributed.config import ConfigError, TrainConfig
-from twotower.distributed.data import split_num_rows
+from twotower.distributed.data import check_splits, raise_for_unreadable_input
 from twotower.distributed.local_ray import use_loopback_only
 from twotower.distributed.train_loop import monitor_key, train_loop_per_worker
-from twotower.distributed.watchdog import ProgressTracker, run_with_watchdog
+from twotower.distributed.watchdog import ProgressTracker, TrainingStalledError, run_with_watchdog
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.model.schema import DatasetSchema
 
@@ -53,6 +63,9 @@ class FitResult:
     best_checkpoint: local directory loadable by ``load_checkpoint`` (a copy, inside ``run_dir``).
     metrics: the reported metrics of the best epoch. history: reported metrics of every epoch.
     run_dir: directory holding the artifacts. weight_digests: sha256 of each worker's final weights.
+    resumed_after_epochs: completed epochs after which the run continued from its own checkpoint
+    (worker failures); empty for an undisturbed run. skipped_files: ``{"path", "reason"}`` of the
+    input files left out by ``skip_bad_files``.
     """
 
     best_checkpoint: Path
@@ -62,6 +75,8 @@ class FitResult:
     weight_digests: list[str] = field(default_factory=list)
     stopped_early: bool = False
     ray_result_path: str = ""
+    resumed_after_epochs: list[int] = field(default_factory=list)
+    skipped_files: list[dict] = field(default_factory=list)
 
 
 def start_local_ray(cfg: TrainConfig) -> bool:
@@ -89,7 +104,7 @@ def start_local_ray(cfg: TrainConfig) -> bool:
 
 @ray.remote(num_cpus=0)
 def _run_torch_trainer(train_loop, loop_config: dict, cfg_dict: dict, dataset_dir: str, storage_path: str,
-                       run_name: str, seed: int) -> dict:
+                       run_name: str, seed: int, files: dict[str, list[str]]) -> dict:
     """Build datasets + TorchTrainer and fit (runs as a task so the watchdog can cancel it)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -110,7 +125,7 @@ def _run_torch_trainer(train_loop, loop_config: dict, cfg_dict: dict, dataset_di
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP,
                                                checkpoint_score_attribute=monitor_key(cfg),
                                                checkpoint_score_order="max")),
-        datasets=build_datasets(dataset_dir, schema, seed=seed), dataset_config=TwoTowerDataConfig())
+        datasets=build_datasets(dataset_dir, schema, seed=seed, files=files), dataset_config=TwoTowerDataConfig())
     result = trainer.fit()
     return {"path": result.path, "best_checkpoints": result.best_checkpoints or [],
             "return_value": result.return_value}
@@ -130,15 +145,20 @@ class TwoTowerTrainer:
         Raises:
             ConfigError: inputs that cannot work (batch larger than a worker's rows, incompatible
                 ``resume_from``, not enough CPUs/GPUs in the cluster). SchemaError / FileNotFoundError:
-                not a prepared dataset. TrainingStalledError: no progress for ``stall_timeout_s``.
+                not a prepared dataset. DataFormatError: a train/valid parquet file that is not
+                parquet, is truncated, lacks a column or has a wrong type (before anything starts,
+                unless ``skip_bad_files``), or has a data page that fails to decode (after the failed
+                fit); names the file. TrainingStalledError: no progress for ``stall_timeout_s``.
             ray.train.TrainingFailedError: a worker raised (after ``max_failures`` retries).
         """
         cfg, dataset_dir = self.config, Path(dataset_dir).resolve()
         if cfg.resume_from:      # workers run in the run directory: make the path absolute here
             cfg = cfg.model_copy(update={"resume_from": str(Path(cfg.resume_from).resolve())})
         schema = DatasetSchema.load(dataset_dir)
-        rows = split_num_rows(dataset_dir, "train")
-        split_num_rows(dataset_dir, "valid")
+        files, split_rows, skipped = check_splits(dataset_dir, schema, ("train", "valid"), cfg.skip_bad_files)
+        for bad in skipped:
+            log.warning("skip_bad_files: leaving out %s: %s", bad.path, bad.reason)
+        rows = split_rows["train"]
         if rows // cfg.num_workers < cfg.batch_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {rows // cfg.num_workers} train "
                               f"rows each of {cfg.num_workers} workers gets; lower batch_size or num_workers")
@@ -159,22 +179,24 @@ class TwoTowerTrainer:
                            "steps_per_epoch": min(rows // cfg.num_workers // cfg.batch_size,
                                                   cfg.max_steps_per_epoch or 1 << 62)}
             ref = _run_torch_trainer.remote(self.train_loop, loop_config, cfg.model_dump(mode="json"),
-                                            str(dataset_dir), storage, run_name, cfg.seed)
+                                            str(dataset_dir), storage, run_name, cfg.seed, files)
             try:
                 out = run_with_watchdog(lambda: _get(ref), lambda: ray.get(tracker.last.remote(), timeout=30),
                                         cfg.stall_timeout_s, abort=lambda: ray.cancel(ref, force=True))
-            except BaseException:            # stalled, Ctrl-C, failed: do not leave a run behind
+            except BaseException as e:       # stalled, Ctrl-C, failed: do not leave a run behind
                 ray.cancel(ref, force=True)
+                if isinstance(e, Exception) and not isinstance(e, TrainingStalledError):
+                    raise_for_unreadable_input(e, files, schema)   # names a file with a corrupt data page
                 raise
             finally:
                 ray.kill(tracker)
-            result = self._finish(out, run_dir, dataset_dir)
+            result = self._finish(out, run_dir, dataset_dir, [b.as_dict() for b in skipped])
         finally:
             if owned:
                 ray.shutdown()
         return result
 
-    def _finish(self, out: dict, run_dir: Path, dataset_dir: Path) -> FitResult:
+    def _finish(self, out: dict, run_dir: Path, dataset_dir: Path, skipped_files: list[dict]) -> FitResult:
         """Pick and copy the best checkpoint; write metrics.csv, the curves and summary.json."""
         key = monitor_key(self.config)
         candidates = [(c, m) for c, m in out["best_checkpoints"] if key in m]
@@ -194,12 +216,18 @@ class TwoTowerTrainer:
         plot_training_curves(history, run_dir / "training_curves.png", key)
         result = FitResult(best_checkpoint=target, metrics=dict(best), history=list(history), run_dir=run_dir,
                            weight_digests=list(ret.get("weight_digests") or []),
-                           stopped_early=bool(ret.get("stopped_early")), ray_result_path=str(out["path"]))
+                           stopped_early=bool(ret.get("stopped_early")), ray_result_path=str(out["path"]),
+                           resumed_after_epochs=list(ret.get("resumed_after_epochs") or []),
+                           skipped_files=skipped_files)
+        if result.resumed_after_epochs:
+            log.warning("training recovered from worker failure(s): resumed from the run's checkpoint after "
+                        "epoch(s) %s", result.resumed_after_epochs)
         write_summary(run_dir / "summary.json", {
             "dataset_dir": str(dataset_dir), "best_epoch": best["epoch"], "monitor": key,
             "best_metrics": best, "epochs_run": len(history), "stopped_early": result.stopped_early,
             "best_checkpoint": str(target), "ray_result_path": result.ray_result_path,
-            "weight_digests": result.weight_digests})
+            "weight_digests": result.weight_digests, "resumed_after_epochs": result.resumed_after_epochs,
+            "skipped_files": skipped_files})
         return result
 
 

@@ -4,9 +4,10 @@
     twotower train --dataset datasets/ml-1m --config my.yaml lr=0.001 temperature=0.1
 
 Precedence: defaults < ``--config`` YAML < ``key=value`` overrides (positional or ``--set``) < flags
-(``--num-workers``, ``--epochs``, ``--out``, ``--run-name``, ``--resume-from``). Model keys may be
+(``--num-workers``, ``--epochs``, ``--out``, ``--run-name``, ``--resume-from``, ``--max-failures``,
+``--skip-bad-files``). Model keys may be
 given bare (``temperature=0.1``) or as ``model.temperature=0.1``. Exit codes: 0 ok, 2 bad input
-(config, dataset), 1 training failed or stalled.
+(config, dataset, a bad parquet file), 1 training failed or stalled.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.jobs.common import run_standalone
 
 FLAG_KEYS = {"num_workers": "num_workers", "epochs": "epochs", "out": "storage_path", "run_name": "run_name",
-             "resume_from": "resume_from"}
+             "resume_from": "resume_from", "max_failures": "max_failures", "skip_bad_files": "skip_bad_files"}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="storage_path: runs are written to OUT/<run_name> (default: runs)")
     p.add_argument("--run-name", help="run directory name (default: <dataset name>-<timestamp>)")
     p.add_argument("--resume-from", help="checkpoint directory to continue from (next epoch)")
+    p.add_argument("--max-failures", type=int,
+                   help="restart the workers from the latest epoch checkpoint up to this many times (-1: always)")
+    p.add_argument("--skip-bad-files", action="store_const", const=True, default=None,
+                   help="leave out train/valid parquet files with a bad footer or columns (logged as WARNING, "
+                        "listed in summary.json) instead of failing")
     p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (repeatable); same as a positional KEY=VALUE")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -81,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from twotower.distributed.train_loop import eval_ks, monitor_key
     from twotower.distributed.trainer import TwoTowerTrainer
+    from twotower.data.errors import DataFormatError
     from twotower.distributed.watchdog import TrainingStalledError
     from twotower.model.schema import SchemaError
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     try:
         result = TwoTowerTrainer(cfg).fit(args.dataset)
-    except (ConfigError, SchemaError, FileNotFoundError) as e:
+    except (ConfigError, SchemaError, FileNotFoundError, DataFormatError) as e:
         print(f"twotower train: error: {e}", file=sys.stderr)
         return 2
     except TrainingStalledError as e:
@@ -102,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
           f"{' (early stopped)' if result.stopped_early else ''}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"run dir:         {result.run_dir}  (metrics.csv, training_curves.png, config.yaml)")
+    if result.resumed_after_epochs:
+        print(f"recovered from worker failure(s): resumed after epoch(s) {result.resumed_after_epochs}")
+    for bad in result.skipped_files:
+        print(f"skipped bad file: {bad['path']}: {bad['reason']}")
     return 0
 
 

@@ -1,0 +1,114 @@
+"""Checks of parquet input files before a job reads them: footers and required columns, no data read.
+
+``check_parquet_file`` opens a file's footer (``pyarrow.parquet.ParquetFile``: the last 8 bytes, then
+the footer's metadata; no data page is read) and compares its arrow schema with the required columns.
+That catches garbage bytes, a truncated file (no ``PAR1`` magic at the end), an empty file, a missing
+column and a column of the wrong type, in milliseconds per file.
+
+A bad data page behind a valid footer is only found by decoding the pages:
+``find_unreadable_file`` does that (streams every row group of the given columns) and is meant for the
+error path, to name the file behind a failed read.
+
+Column kinds: ``"integer"`` (any int type), ``"number"`` (int or float), ``"integer_list"``
+(list / large_list / fixed_size_list of int), ``"any"`` (present, any type).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pyarrow.types as pat
+
+from twotower.data.errors import DataFormatError
+
+
+@dataclass(frozen=True)
+class BadParquetFile:
+    """A parquet input that cannot be used: ``path`` and a one-line ``reason``."""
+
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+def _kind_ok(kind: str, dtype: pa.DataType) -> bool:
+    if kind == "integer":
+        return pat.is_integer(dtype)
+    if kind == "number":
+        return pat.is_integer(dtype) or pat.is_floating(dtype)
+    if kind == "integer_list":
+        return ((pat.is_list(dtype) or pat.is_large_list(dtype) or pat.is_fixed_size_list(dtype))
+                and pat.is_integer(dtype.value_type))
+    if kind == "any":
+        return True
+    raise ValueError(f"unknown column kind {kind!r}")
+
+
+def check_parquet_file(path: str, required: Mapping[str, str],
+                       filesystem: pafs.FileSystem | None = None) -> tuple[int, str | None]:
+    """Footer + schema check of one file: ``(num_rows, None)`` when usable, ``(0, reason)`` otherwise.
+
+    ``required`` maps column name -> kind (see the module docstring). Reads only the footer.
+    """
+    try:
+        if filesystem is not None:
+            with filesystem.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
+                schema = meta.schema.to_arrow_schema()
+        else:
+            meta = pq.ParquetFile(path).metadata
+            schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as e:
+        return 0, f"not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    for name, kind in required.items():
+        idx = schema.get_field_index(name)
+        if idx < 0:
+            return 0, f"missing column {name!r} (has {', '.join(schema.names) or 'no columns'})"
+        dtype = schema.field(idx).type
+        if not _kind_ok(kind, dtype):
+            return 0, f"column {name!r} has type {dtype}, expected {kind.replace('_', ' ')}"
+    return meta.num_rows, None
+
+
+def check_parquet_files(paths: Iterable[str], required: Mapping[str, str],
+                        filesystem: pafs.FileSystem | None = None) -> tuple[list[str], int, list[BadParquetFile]]:
+    """``check_parquet_file`` on every path: (usable paths in order, their total rows, bad files)."""
+    good, rows, bad = [], 0, []
+    for path in paths:
+        n, reason = check_parquet_file(str(path), required, filesystem)
+        if reason is None:
+            good.append(str(path))
+            rows += n
+        else:
+            bad.append(BadParquetFile(str(path), reason))
+    return good, rows, bad
+
+
+def raise_for_bad_files(bad: list[BadParquetFile], hint: str = "") -> None:
+    """Raise ``DataFormatError`` naming the first bad file (and how many more) when ``bad`` is not empty."""
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more bad file(s): {', '.join(b.path for b in bad[1:])})" if len(bad) > 1 else ""
+    raise DataFormatError(bad[0].path, f"{bad[0].reason}{more}{hint}")
+
+
+def find_unreadable_file(paths: Iterable[str], columns: list[str] | None = None,
+                         filesystem: pafs.FileSystem | None = None) -> BadParquetFile | None:
+    """First file whose pages fail to decode (streams every row group of ``columns``), or None.
+
+    Cost: a full read of those columns; use it to explain a failed read, not as a routine check.
+    """
+    for path in paths:
+        try:
+            source = filesystem.open_input_file(str(path)) if filesystem is not None else str(path)
+            for _ in pq.ParquetFile(source).iter_batches(batch_size=65_536, columns=columns):
+                pass
+        except (OSError, pa.ArrowException) as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            return BadParquetFile(str(path), f"corrupt data page ({type(e).__name__}: {first})")
+    return None

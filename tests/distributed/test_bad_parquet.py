@@ -1,0 +1,148 @@
+"""Corrupted parquet inputs fail training (and the index job) with an error naming the file.
+
+Damage found from the footer (garbage bytes, truncated file, missing column, wrong column type) is
+caught before Ray starts; ``skip_bad_files`` leaves such files out, logs and records them. A bad data
+page behind a valid footer fails the run, and the error names the file too (no hang, no skip).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from twotower.data.errors import DataFormatError
+from twotower.distributed.config import TrainConfig
+from twotower.distributed.index_embed import check_item_files
+from twotower.distributed.trainer import TwoTowerTrainer
+
+
+def _config(tmp_path, **overrides) -> TrainConfig:
+    base = dict(num_workers=2, batch_size=128, epochs=1, patience=0, storage_path=str(tmp_path / "runs"),
+                run_name="bad", max_steps_per_epoch=5, stall_timeout_s=240,
+                model={"hidden_dims": [32], "final_embedding_dim": 16})
+    return TrainConfig.model_validate({**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def two_file_dataset(synthetic_dataset, tmp_path_factory):
+    """The synthetic dataset with train and valid each stored as two files of several row groups."""
+    out = tmp_path_factory.mktemp("two_files") / "synthetic"
+    shutil.copytree(synthetic_dataset, out)
+    for split in ("train", "valid"):
+        folder = out / "interactions" / split
+        table = pq.read_table(folder / "part-00000.parquet")
+        half = table.num_rows // 2
+        pq.write_table(table.slice(0, half), folder / "part-00000.parquet", row_group_size=max(half // 4, 1))
+        pq.write_table(table.slice(half), folder / "part-00001.parquet", row_group_size=max(half // 4, 1))
+    return out
+
+
+@pytest.fixture
+def dataset(two_file_dataset, tmp_path):
+    """A fresh copy of ``two_file_dataset`` to damage."""
+    return shutil.copytree(two_file_dataset, tmp_path / "dataset")
+
+
+def _damage(path, kind: str) -> None:
+    """Corrupt the parquet file at ``path`` in place."""
+    if kind == "garbage":
+        path.write_bytes(b"this is not a parquet file\n" * 200)
+    elif kind == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "missing_column":
+        pq.write_table(pq.read_table(path).drop_columns(["history"]), path)
+    elif kind == "wrong_type":
+        table = pq.read_table(path)
+        i = table.schema.get_field_index("user_idx")
+        pq.write_table(table.set_column(i, "user_idx", table["user_idx"].cast(pa.string())), path)
+    elif kind == "bad_page":             # valid footer; the last row group's first data page is garbage
+        meta = pq.ParquetFile(path).metadata
+        offset = meta.row_group(meta.num_row_groups - 1).column(0).data_page_offset
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(b"\xde\xad\xbe\xef" * 16)
+    else:
+        raise ValueError(kind)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+@pytest.mark.parametrize("kind,reason", [("garbage", "not a readable parquet file"),
+                                         ("truncated", "not a readable parquet file"),
+                                         ("missing_column", "missing column 'history'"),
+                                         ("wrong_type", "column 'user_idx' has type string, expected integer")])
+def test_footer_damage_fails_before_ray_starts_naming_the_file(dataset, tmp_path, split, kind, reason):
+    bad = dataset / "interactions" / split / "part-00001.parquet"
+    _damage(bad, kind)
+    with pytest.raises(DataFormatError, match=reason) as info:
+        TwoTowerTrainer(_config(tmp_path)).fit(dataset)
+    assert info.value.path == str(bad)
+    assert str(bad) in str(info.value) and "skip_bad_files" in str(info.value)
+    assert not (tmp_path / "runs" / "bad").exists()              # nothing was started
+
+
+def test_cli_flags_and_a_bad_file_exit_2_naming_it(dataset, tmp_path, capsys):
+    from twotower.jobs import train as train_job
+
+    p = train_job.argparse.ArgumentParser()
+    train_job.configure(p)
+    cfg = train_job.build_config(p.parse_args(["--dataset", "d", "--skip-bad-files", "--max-failures", "2"]))
+    assert cfg.skip_bad_files and cfg.max_failures == 2
+    assert not train_job.build_config(p.parse_args(["--dataset", "d"])).skip_bad_files
+    bad = dataset / "interactions" / "valid" / "part-00000.parquet"
+    _damage(bad, "garbage")
+    assert train_job.main(["--dataset", str(dataset), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"twotower train: error: {bad}: not a readable parquet file" in err
+
+
+def test_index_job_item_check_names_the_file(dataset, tmp_path):
+    assert check_item_files([str(dataset / "items.parquet")]) == pq.ParquetFile(dataset / "items.parquet"
+                                                                               ).metadata.num_rows
+    bad = tmp_path / "items" / "part-1.parquet"
+    bad.parent.mkdir()
+    shutil.copy(dataset / "items.parquet", bad.parent / "part-0.parquet")
+    shutil.copy(dataset / "items.parquet", bad)
+    _damage(bad, "truncated")
+    with pytest.raises(DataFormatError, match="item catalogue: not a readable parquet file") as info:
+        check_item_files([str(dataset / "items.parquet"), str(bad.parent)])
+    assert info.value.path == str(bad)
+    pq.write_table(pq.read_table(bad.parent / "part-0.parquet").drop_columns(["item_id"]), bad)
+    with pytest.raises(DataFormatError, match="missing column 'item_id'"):
+        check_item_files([str(bad)])
+    with pytest.raises(FileNotFoundError, match="no such item parquet"):
+        check_item_files([str(tmp_path / "nope.parquet")])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_skip_bad_files_trains_on_the_rest_and_records_them(ray_cluster, dataset, tmp_path, caplog):
+    bad_train = dataset / "interactions" / "train" / "part-00001.parquet"
+    bad_valid = dataset / "interactions" / "valid" / "part-00000.parquet"
+    _damage(bad_train, "garbage")
+    _damage(bad_valid, "missing_column")
+    good_valid_rows = pq.ParquetFile(dataset / "interactions" / "valid" / "part-00001.parquet").metadata.num_rows
+    with caplog.at_level(logging.WARNING, logger="twotower.distributed.trainer"):
+        result = TwoTowerTrainer(_config(tmp_path, skip_bad_files=True)).fit(dataset)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(bad_train) in w and "not a readable parquet file" in w for w in warnings)
+    assert any(str(bad_valid) in w and "missing column 'history'" in w for w in warnings)
+    assert result.metrics["valid_count"] == good_valid_rows      # the skipped file's queries are not ranked
+    assert {b["path"] for b in result.skipped_files} == {str(bad_train), str(bad_valid)}
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["skipped_files"] == result.skipped_files
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_bad_data_page_fails_the_run_naming_the_file(ray_cluster, dataset, tmp_path):
+    bad = dataset / "interactions" / "train" / "part-00001.parquet"
+    _damage(bad, "bad_page")
+    with pytest.raises(DataFormatError, match="corrupt data page") as info:
+        TwoTowerTrainer(_config(tmp_path, skip_bad_files=True)).fit(dataset)   # footer is fine: not skipped
+    assert info.value.path == str(bad)
+    assert info.value.__cause__ is not None                      # chained to the failure Ray reported
