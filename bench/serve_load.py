@@ -88,6 +88,7 @@ def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
     from twotower.model.checkpoint import save_checkpoint
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss
+    from twotower.model.optim import build_optimizer
     from twotower.model.schema import DatasetSchema
     from twotower.model.twotower import TwoTowerModel
 
@@ -97,7 +98,7 @@ def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
     train = pq.read_table(dataset / "interactions" / "train")
     cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
     cols["history"] = pad_lists(train["history"], schema.history_length)
-    opt, rng = torch.optim.Adam(model.parameters(), lr=1e-3), np.random.default_rng(0)
+    opt, rng = build_optimizer("adam", model, lr=1e-3), np.random.default_rng(0)
     for _ in range(steps):
         rows = rng.integers(0, train.num_rows, 512)
         loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss

@@ -27,8 +27,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(1024, ge=2, description="per-worker batch size")
     epochs: int = Field(20, ge=1)
     lr: float = Field(3e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="not applied to sparse ID tables")
     optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    sparse_optimizer: Literal["auto", "rowwise_adagrad"] = Field(
+        "auto", description="optimizer of sparse ID tables: auto = sparse counterpart of `optimizer` "
+                            "(adam -> SparseAdam); rowwise_adagrad = one accumulator per row (10M+ ids)")
     patience: int = Field(3, ge=0, description="epochs without valid Recall@k improvement before stopping; 0 = off")
     monitor_k: int = Field(10, ge=1, description="k of the validation Recall@k used for early stopping")
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20, 50])

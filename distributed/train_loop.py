@@ -33,6 +33,7 @@ from twotower.distributed.watchdog import ProgressReporter
 from twotower.model.checkpoint import load_checkpoint, save_checkpoint
 from twotower.model.loss import compute_loss
 from twotower.model.metrics import RankingAccumulator
+from twotower.model.optim import build_optimizer as build_model_optimizer
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
 
@@ -68,16 +69,14 @@ class TrainState:
         return cls(epoch=int(meta.get("epoch") or 0))
 
 
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """adam / adamw / adagrad with ``lr`` and ``weight_decay``; sgd uses momentum 0.9."""
-    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, **kwargs)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
-    if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, **kwargs)
-    return torch.optim.SGD(params, momentum=0.9, **kwargs)
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    """``cfg.optimizer`` (adam / adamw / adagrad; sgd with momentum 0.9) with ``lr`` and ``weight_decay``
+    over ``model``'s parameters; sparse ID tables get a sparse-capable optimizer without weight decay
+    (``cfg.sparse_optimizer``; see :func:`twotower.model.optim.build_optimizer`)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError("build_optimizer takes the model (sparse ID tables need their own optimizer), "
+                        f"not {type(model).__name__}")
+    return build_model_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -124,8 +123,9 @@ def train_loop_per_worker(config: dict) -> dict:
         say(f"resuming after epoch {state.epoch} from {'the run' if checkpoint else cfg.resume_from}")
 
     # 4. DDP + optimizer (+ restored optimizer state)
-    model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(cfg, model.parameters())
+    # feature tables and item_prob are constant buffers: synced once at init, not broadcast every step
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    optimizer = build_optimizer(cfg, model)
     if optimizer_state is not None and loaded.train_config.get("optimizer", cfg.optimizer) == cfg.optimizer:
         optimizer.load_state_dict(optimizer_state)                     # moments/step counts ...
         for group in optimizer.param_groups:                            # ... but lr/decay of this config

@@ -32,6 +32,10 @@ class ModelConfig(BaseModel):
     ``num_negatives`` extra uniformly sampled catalogue items per batch (mixed negative sampling,
     Yang et al., WWW 2020). ``loss="bce"`` is the pointwise baseline with ``num_negatives`` uniform
     negatives per positive.
+
+    ID tables (``twotower.model.embeddings``): ``sparse_id_embeddings`` makes the user and item ID
+    embeddings produce sparse gradients (optimised by ``twotower.model.optim.build_optimizer``);
+    ``user_id_buckets`` / ``item_id_buckets`` replace one row per id by a hashed table of that many rows.
     """
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
@@ -49,6 +53,13 @@ class ModelConfig(BaseModel):
     context_mode: ContextMode = ContextMode.USER_TOWER
     scoring_hidden_dims: list[int] = Field(default_factory=lambda: [64])
     rerank_depth: int = Field(100, ge=1, description="scoring_layer: dot-product candidates re-ranked by the head")
+    sparse_id_embeddings: bool = Field(
+        True, description="user/item ID tables give sparse gradients: DDP all-reduces and the optimizer "
+                          "updates only the rows of the batch (see docs/large_ids.md)")
+    user_id_buckets: int | None = Field(
+        None, ge=2, description="hash user ids into this many rows (double hashing); None = one row per user")
+    item_id_buckets: int | None = Field(
+        None, ge=2, description="hash item ids into this many rows (double hashing); None = one row per item")
 
     loss: Literal["softmax", "bce"] = "softmax"
     temperature: float = Field(0.05, gt=0.0)

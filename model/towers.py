@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .embeddings import id_embedding
 from .features import FeatureEncoder, HistoryPooling, mlp
 from .schema import DatasetSchema, Feature
 
@@ -47,13 +48,16 @@ class ItemTower(nn.Module):
 
     Input = [item ID embedding, item side features (genres multi-hot, year, hashed title tokens, ...)]
     -> MLP -> D, L2-normalised when ``cfg.l2_normalize``. The ID embedding (``id_embedding``) is also
-    used by the user tower to embed the history, so both towers speak of items in one space.
+    used by the user tower to embed the history, so both towers speak of items in one space. It has one
+    row per item, or ``cfg.item_id_buckets`` hashed rows (``twotower.model.embeddings``), and gives
+    sparse gradients when ``cfg.sparse_id_embeddings``; likewise the user tower's with ``user_id_buckets``.
     """
 
     def __init__(self, schema: DatasetSchema, cfg: ModelConfig, item_table: dict[str, np.ndarray] | None):
         super().__init__()
         self.features = schema.item_features
-        self.id_embedding = nn.Embedding(schema.num_items, cfg.item_embedding_dim, padding_idx=0)
+        self.id_embedding = id_embedding(schema.num_items, cfg.item_embedding_dim, cfg.item_id_buckets,
+                                         cfg.sparse_id_embeddings)
         self.encoder = FeatureEncoder(self.features, cfg.feature_embedding_dim)
         _register_table(self, self.features, schema.num_items, item_table)
         self.mlp = mlp(cfg.item_embedding_dim + self.encoder.out_dim, cfg.hidden_dims, cfg.final_embedding_dim,
@@ -81,7 +85,8 @@ class UserTower(nn.Module):
                  item_id_embedding: nn.Embedding, context_dim: int):
         super().__init__()
         self.features = schema.user_features
-        self.id_embedding = nn.Embedding(schema.num_users, cfg.user_embedding_dim, padding_idx=0)
+        self.id_embedding = id_embedding(schema.num_users, cfg.user_embedding_dim, cfg.user_id_buckets,
+                                         cfg.sparse_id_embeddings)
         self.encoder = FeatureEncoder(self.features, cfg.feature_embedding_dim)
         _register_table(self, self.features, schema.num_users, user_table)
         self.item_id_embedding = item_id_embedding

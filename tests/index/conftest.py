@@ -20,6 +20,7 @@ def ml100k_checkpoint(ml100k_dataset, tmp_path_factory):
     from twotower.model.checkpoint import save_checkpoint
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss
+    from twotower.model.optim import build_optimizer
     from twotower.model.schema import DatasetSchema
     from twotower.model.twotower import TwoTowerModel
 
@@ -32,7 +33,7 @@ def ml100k_checkpoint(ml100k_dataset, tmp_path_factory):
     train = pq.read_table(ml100k_dataset / "interactions" / "train")
     cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
     cols["history"] = pad_lists(train["history"], schema.history_length)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = build_optimizer("adam", model, lr=3e-3)
     perm, batch = np.random.default_rng(0).permutation(train.num_rows), 512
     for step in range(TRAIN_STEPS):
         rows = perm[step * batch:(step + 1) * batch]

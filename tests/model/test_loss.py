@@ -4,6 +4,7 @@ import torch
 
 from twotower.model.config import ModelConfig
 from twotower.model.loss import bce_loss, compute_loss, log_q, sampled_softmax_loss
+from twotower.model.optim import build_optimizer
 from twotower.model.twotower import TwoTowerModel
 
 # 3x3 example: items 5, 7, 5 (rows 0 and 2 share an item: an accidental hit for each other).
@@ -87,7 +88,7 @@ def test_compute_loss_gathered_negatives_equal_a_concatenated_batch(toy_schema, 
 def test_training_steps_reduce_the_loss(toy_schema, toy_tables, toy_batch):
     torch.manual_seed(0)
     model = TwoTowerModel(toy_schema, ModelConfig(dropout=0.0, num_negatives=4), *toy_tables)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = build_optimizer("adam", model, lr=1e-2)
     first = None
     for _ in range(30):
         loss = compute_loss(model, toy_batch, generator=torch.Generator().manual_seed(1)).loss

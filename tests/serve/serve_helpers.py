@@ -37,6 +37,7 @@ def train_model(dataset: Path, mode: str, steps: int = TRAIN_STEPS, seed: int = 
     from twotower.model.batch import to_tensors
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss
+    from twotower.model.optim import build_optimizer
     from twotower.model.schema import DatasetSchema
     from twotower.model.twotower import TwoTowerModel
 
@@ -47,7 +48,7 @@ def train_model(dataset: Path, mode: str, steps: int = TRAIN_STEPS, seed: int = 
     train = pq.read_table(dataset / "interactions" / "train")
     cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
     cols["history"] = pad_lists(train["history"], schema.history_length)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = build_optimizer("adam", model, lr=3e-3)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         rows = rng.integers(0, train.num_rows, BATCH)
