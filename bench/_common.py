@@ -70,7 +70,7 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
     ``on_epoch(epoch, run) -> bool`` is called after every epoch outside the timed section; returning
     True stops training. Returns a :class:`PlainRun` (seconds = training time only).
     """
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model)
     generator = torch.Generator().manual_seed(seed)
     n, b = len(data["item_idx"]), cfg.batch_size
     run = PlainRun()
