@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import ray
 
 from twotower.distributed.index_embed import checkpoint_meta, embed_items, item_paths, iter_shard, shard_rows
+from twotower.distributed.local_ray import use_loopback_only
 from twotower.index import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
                                   default_search_params, parse_factory)
@@ -129,9 +130,11 @@ def _ids_column(directory: str, name: str) -> np.ndarray:
 def ensure_ray() -> bool:
     """``ray.init`` with enough logical CPUs for an actor pool plus tasks (>= 4) unless Ray is running.
 
-    Returns True when this call started Ray (the caller then shuts it down)."""
+    Returns True when this call started Ray (the caller then shuts it down). A new local runtime listens
+    on 127.0.0.1 only (:func:`~twotower.distributed.local_ray.use_loopback_only`)."""
     if ray.is_initialized():
         return False
+    use_loopback_only()
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True
 

@@ -35,6 +35,7 @@ import ray
 from twotower.distributed.artifacts import plot_training_curves, write_metrics_csv, write_summary
 from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.distributed.data import split_num_rows
+from twotower.distributed.local_ray import use_loopback_only
 from twotower.distributed.train_loop import monitor_key, train_loop_per_worker
 from twotower.distributed.watchdog import ProgressTracker, run_with_watchdog
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
@@ -68,7 +69,8 @@ def start_local_ray(cfg: TrainConfig) -> bool:
     Local runtime: ``num_cpus = max(os.cpu_count(), ceil(num_workers * cpus_per_worker) + 2)`` logical
     CPUs, so Ray Data read/map tasks always have CPUs beside the training workers (with exactly as
     many CPUs as workers, the data pipeline starves and ``fit`` hangs). The dashboard is started
-    because Ray Train's placement-group cleaner queries the state API. With ``RAY_ADDRESS`` set, the
+    because Ray Train's placement-group cleaner queries the state API. The runtime listens on 127.0.0.1
+    only (:func:`~twotower.distributed.local_ray.use_loopback_only`). With ``RAY_ADDRESS`` set, the
     existing cluster is joined instead.
     """
     if ray.is_initialized():
@@ -77,6 +79,7 @@ def start_local_ray(cfg: TrainConfig) -> bool:
         ray.init(logging_level=logging.WARNING)
         return True
     need = math.ceil(cfg.num_workers * cfg.cpus_per_worker) + 2
+    use_loopback_only()          # every Ray service on 127.0.0.1 (see twotower.distributed.local_ray)
     total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=True, logging_level=logging.WARNING,
              object_store_memory=int(min(OBJECT_STORE_CAP, 0.3 * total_ram)))

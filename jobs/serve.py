@@ -99,12 +99,15 @@ def serve_forever(config: dict, address: str | None, ready_timeout: float) -> in
     import ray
     from ray import serve
 
+    from twotower.distributed.local_ray import use_loopback_only
     from twotower.serve.deploy import deploy_config, wait_ready
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
     http = config.get("http_options") or {"host": "127.0.0.1", "port": 8000}
+    if not address:
+        use_loopback_only()    # Ray's own services on 127.0.0.1; only the HTTP proxy follows --host
     kwargs = {"address": address} if address else {"dashboard_host": "127.0.0.1", "include_dashboard": True}
     ctx = ray.init(**kwargs)
     # after ray.init (which installs its own SIGTERM handler): SIGTERM shuts down like Ctrl-C, through

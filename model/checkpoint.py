@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,29 @@ def read_checkpoint_meta(directory: str | Path) -> dict:
     return meta
 
 
+def _load_tensors(path: Path) -> dict:
+    """``torch.load(weights_only=True)``: tensors, containers and primitives only. A pickle that asks for
+    anything else (an arbitrary class or callable, e.g. a ``__reduce__`` payload) is refused before it
+    runs: CheckpointError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reasons = [ln for ln in lines[1:] if not ln.startswith(("Check the documentation", "Please file an issue"))]
+        why = " ".join(reasons[:2]) if reasons else (lines[0] if lines else type(e).__name__)
+        raise CheckpointError(f"{path}: refused to load, it is not a plain tensor file ({why[:200]})") from e
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch file: {e}") from e
+
+
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu",
                     verify: bool = True) -> LoadedCheckpoint:
     """Load a checkpoint directory written by :func:`save_checkpoint`.
 
     Raises:
-        CheckpointError: missing files, sha256 mismatch (when ``verify``), unknown format version, or a
-            state dict that does not fit the stored schema/config.
+        CheckpointError: missing files, sha256 mismatch (when ``verify``), unknown format version, a
+            file that is not a plain tensor pickle (objects other than tensors/containers/primitives are
+            never unpickled), or a state dict that does not fit the stored schema/config.
     """
     path = Path(directory)
     meta = read_checkpoint_meta(path)
@@ -110,13 +127,13 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     schema = DatasetSchema.from_dict(meta["schema"])
     cfg = ModelConfig.model_validate(meta["model_config"])
     model = TwoTowerModel(schema, cfg)
-    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    state = _load_tensors(path / "model.pt")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path / 'model.pt'}: does not match the stored schema/config: {e}") from e
     optimizer_state = None
     if (path / "optimizer.pt").exists():
-        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer_state = _load_tensors(path / "optimizer.pt")
     model.to(map_location).eval()
     return LoadedCheckpoint(model, schema, cfg, meta.get("train_config", {}), meta, optimizer_state)

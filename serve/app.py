@@ -105,17 +105,27 @@ class ShardSearcher:
 
 
 class _ServeBackend:
-    """The recommender's Backend over deployment handles; backend failures become 503."""
+    """The recommender's Backend over deployment handles. Every call is bounded by ``timeout_s`` (the
+    fan-out's retries included); failures and timeouts become :class:`Unavailable` (HTTP 503)."""
 
-    def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle]):
+    def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle], timeout_s: float = 10.0,
+                 retry_after_s: int = 2):
         self.encoder, self.searchers = encoder, searchers
+        self.timeout_s, self.retry_after_s = timeout_s, retry_after_s
         self.calls = [(lambda req, h=h: h.search.remote(req)) for h in searchers]
+        self.names = [h.deployment_name for h in searchers]
 
     async def _encoder(self, method: str, *args):
+        response = getattr(self.encoder, method).remote(*args)
         try:
-            return await getattr(self.encoder, method).remote(*args)
+            return await asyncio.wait_for(response, self.timeout_s)
         except Exception as e:
-            raise Unavailable(f"query encoder unavailable: {type(e).__name__}: {e}") from e
+            if isinstance(e, asyncio.TimeoutError):
+                response.cancel()
+            why = f"no answer within {self.timeout_s:.1f} s" if isinstance(e, asyncio.TimeoutError) else \
+                f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+            raise Unavailable(f"query encoder ({self.encoder.deployment_name}) unavailable: {why}; retry after "
+                              f"{self.retry_after_s} s", [self.encoder.deployment_name], self.retry_after_s) from e
 
     async def encode(self, query):
         return await self._encoder("encode", query)
@@ -127,7 +137,8 @@ class _ServeBackend:
         return await self._encoder("item_vector", item_idx)
 
     async def search(self, query, k, exclude):
-        return await search_all(self.calls, query, k, exclude)
+        return await search_all(self.calls, query, k, exclude, timeout_s=self.timeout_s, names=self.names,
+                                retry_after_s=self.retry_after_s)
 
     async def statuses(self) -> list[dict]:
         async def one(s: int, h: DeploymentHandle) -> dict:
@@ -144,9 +155,9 @@ class Ingress:
     """HTTP API (see :mod:`twotower.serve.schema` for bodies, :mod:`twotower.serve.http` for errors)."""
 
     def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle], checkpoint: str,
-                 dataset: str | None = None):
+                 dataset: str | None = None, backend_timeout_s: float = 10.0, retry_after_s: int = 2):
         self.state = load_serving_state(checkpoint, dataset)
-        self.backend = _ServeBackend(encoder, searchers)
+        self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
 
     @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
@@ -195,7 +206,8 @@ def build_app(args: dict) -> serve.Application:
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     sha = (read_checkpoint_meta(a.checkpoint).get("sha256") or {}).get("model.pt")
     quiet = {"enable_access_log": False}
-    common = {"ray_actor_options": {"num_cpus": a.num_cpus}, "max_ongoing_requests": a.max_ongoing_requests}
+    common = {"ray_actor_options": {"num_cpus": a.num_cpus}, "max_ongoing_requests": a.max_ongoing_requests,
+              "health_check_period_s": a.health_check_period_s}
     batching = (a.max_batch_size, a.batch_wait_timeout_s)
     encoder = QueryEncoderDeployment.options(num_replicas=a.encoder_replicas, logging_config=quiet, **common).bind(
         a.checkpoint, a.dataset, a.user_cache, a.encoder_threads, *batching)
@@ -204,4 +216,5 @@ def build_app(args: dict) -> serve.Application:
                                        logging_config=quiet, **common).bind(s, sha, a.search_threads, *batching)
                  for s in range(a.shards())]
     return Ingress.options(num_replicas=a.ingress_replicas, logging_config={"enable_access_log": a.access_log},
-                           **common).bind(encoder, searchers, a.checkpoint, a.dataset)
+                           **common).bind(encoder, searchers, a.checkpoint, a.dataset, a.backend_timeout_s,
+                                          a.retry_after_s)

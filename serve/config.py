@@ -38,6 +38,12 @@ class AppArgs(BaseModel):
         access_log: Serve's per-request access log of the ingress (the internal deployments never log
             each call: at thousands of calls per second that is a visible share of the latency).
         verify: check the sha256 of index files when loading.
+        backend_timeout_s: how long (seconds) one request may wait for the query encoder and for the
+            shard searchers' fan-out, retries included, before it fails with 503 (a replica restarting
+            after a crash: Serve queues calls to a deployment with no live replica without a limit).
+        retry_after_s: the ``Retry-After`` (seconds) of those 503 answers.
+        health_check_period_s: how often Serve's controller checks each replica (seconds); a killed
+            replica is noticed and replaced at the next check (Serve's own default is 10 s).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,6 +64,9 @@ class AppArgs(BaseModel):
     max_ongoing_requests: int = Field(64, ge=1)
     access_log: bool = True
     verify: bool = True
+    backend_timeout_s: float = Field(10.0, gt=0)
+    retry_after_s: int = Field(2, ge=1)
+    health_check_period_s: float = Field(2.0, gt=0)
 
     def shards(self) -> int:
         """S: ``num_shards`` or the index manifest's shard count. Raises ValueError when neither is known."""

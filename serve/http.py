@@ -7,7 +7,10 @@ Status codes:
   unknown user feature). ``message`` and ``fields`` name the offending field(s), e.g. ``k``,
   ``context.hour_sin``.
 * 404 ``not_found``: unknown ``item_id`` in ``/v1/similar-items``.
-* 503 ``unavailable``: the index shards or the encoder cannot answer right now (starting, restarting).
+* 503 ``unavailable``: the index shards or the encoder cannot answer right now (starting, a replica
+  restarting after a crash, a call past ``AppArgs.backend_timeout_s``). ``unavailable`` lists the
+  deployments (``Searcher1``, ``QueryEncoder``); the ``Retry-After`` header (and ``retry_after_s``)
+  says when to retry.
 * 500 ``internal``: a bug; never caused by request content.
 """
 from __future__ import annotations
@@ -23,9 +26,11 @@ from .schema import ErrorBody, RequestError, Unavailable
 log = logging.getLogger("twotower.serve")
 
 
-def error_response(status: int, error: str, message: str, fields: list[str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=ErrorBody(error=error, message=message,
-                                                              fields=fields or []).model_dump())
+def error_response(status: int, error: str, message: str, fields: list[str] | None = None,
+                   **extra) -> JSONResponse:
+    """JSON :class:`ErrorBody` answer; ``extra``: the optional ErrorBody fields (``unavailable``, ...)."""
+    body = ErrorBody(error=error, message=message, fields=fields or [], **extra)
+    return JSONResponse(status_code=status, content=body.model_dump(exclude_none=True))
 
 
 def _field(loc: tuple) -> str:
@@ -69,7 +74,10 @@ def create_api() -> FastAPI:
 
     @api.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable):
-        return error_response(503, "unavailable", str(exc))
+        response = error_response(503, "unavailable", str(exc), unavailable=exc.deployments,
+                                  retry_after_s=exc.retry_after_s)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @api.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):

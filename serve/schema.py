@@ -44,7 +44,17 @@ class RequestError(ValueError):
 
 
 class Unavailable(RuntimeError):
-    """A backend (query encoder, shard searchers) cannot answer right now: HTTP 503."""
+    """A backend (query encoder, shard searchers) cannot answer right now: HTTP 503 with a ``Retry-After``
+    header of ``retry_after_s`` seconds (a replica restarting, a call past its timeout).
+
+    Attributes:
+        deployments: the Serve deployments that did not answer (``Searcher1``, ``QueryEncoder``).
+        retry_after_s: seconds after which a retry is likely to succeed (whole seconds, >= 1).
+    """
+
+    def __init__(self, message: str, deployments: list[str] | None = None, retry_after_s: int = 1):
+        super().__init__(message)
+        self.deployments, self.retry_after_s = list(deployments or []), max(1, int(retry_after_s))
 
 
 class RecommendRequest(BaseModel):
@@ -165,8 +175,12 @@ class ModelInfo(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Body of every 4xx/5xx answer: ``error`` code, human ``message`` naming the field(s), ``fields``."""
+    """Body of every 4xx/5xx answer: ``error`` code, human ``message`` naming the field(s), ``fields``;
+    on 503 also ``unavailable`` (the deployments that did not answer) and ``retry_after_s`` (as the
+    ``Retry-After`` header)."""
 
     error: str
     message: str
     fields: list[str] = Field(default_factory=list)
+    unavailable: list[str] | None = None
+    retry_after_s: int | None = None
