@@ -44,6 +44,8 @@ class TrainConfig(BaseModel):
     run_name: str | None = None
     resume_from: str | None = Field(None, description="checkpoint directory to resume from")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts (from the latest checkpoint) before the run fails; -1 = unlimited")
+    checkpoints_to_keep: int | None = Field(2, ge=1, description="epoch checkpoints kept, best by the monitored "
+                                            "metric (Ray also keeps the latest); null keeps every epoch")
     stall_timeout_s: float = Field(600.0, gt=0.0, description="fail if no training step, validation batch or report happens for this many seconds (start-up included)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")

@@ -66,6 +66,7 @@ from twotower.model.schema import DatasetSchema
 SEEN_COLUMN = "seen_items"
 EVAL_ROWS_PER_BLOCK = 256
 EVAL_BATCH_SIZE = 512
+EVAL_SCORES_PER_BATCH = 1 << 25     # 32M float32 scores = 128 MiB per (batch x catalogue) score matrix
 
 
 def split_dir(dataset_dir: str | Path, split: str) -> Path:
@@ -238,6 +239,13 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
         batch_size=batch_size, drop_last=True, device=device,
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size),
         local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
+
+
+def eval_batch_size(num_items: int) -> int:
+    """Rows per full-ranking evaluation batch: ``EVAL_BATCH_SIZE``, lowered so that the (rows, num_items)
+    float32 score matrix stays within ``EVAL_SCORES_PER_BATCH`` (128 MiB): 512 rows up to 65k items,
+    32 rows at 1M items, at least 8."""
+    return int(max(8, min(EVAL_BATCH_SIZE, EVAL_SCORES_PER_BATCH // max(num_items, 1))))
 
 
 def iter_eval_batches(shard, schema: DatasetSchema, batch_size: int = EVAL_BATCH_SIZE,

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import torch
 
 from twotower.data.tables import load_feature_tables, pad_lists
-from twotower.distributed.data import SEEN_COLUMN, split_dir
+from twotower.distributed.data import SEEN_COLUMN, eval_batch_size, split_dir
 from twotower.index.recall import ann_rank_scores, index_recall
 from twotower.index.sharded import ShardedIndex
 from twotower.model.config import ContextMode
@@ -54,11 +54,12 @@ def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchem
 
 @torch.no_grad()
 def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "test",
-             ks: Sequence[int] = (10, 20, 50), batch_size: int = 1024, device: str | torch.device = "cpu",
+             ks: Sequence[int] = (10, 20, 50), batch_size: int | None = None, device: str | torch.device = "cpu",
              index_dir: str | Path | None = None) -> dict:
     """Full-ranking metrics of a checkpoint and of the popularity baseline on ``split``.
 
-    Every query ranks the whole catalogue minus item 0 and the user's earlier items (``seen_items``);
+    ``batch_size`` queries are scored at a time (None: ``eval_batch_size(num_items)``, which keeps the
+    (batch, catalogue) score matrix within 128 MiB). Every query ranks the whole catalogue minus item 0 and the user's earlier items (``seen_items``);
     popularity scores items by their train interaction count. Both use the same accumulator. With
     ``index_dir`` (a ``twotower index`` output built from this checkpoint) the model's queries are also
     ranked through the sharded index (top ``max(ks)`` per query, seen items excluded in the search), and
@@ -94,6 +95,7 @@ def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "
         index = _open_index(index_dir, loaded)
         accs["index"] = RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
     item_embs = model.all_item_embeddings()
+    batch_size = batch_size or eval_batch_size(schema.num_items)
     for numpy_batch, seen in iter_split_batches(dataset_dir, split, schema, batch_size):
         batch = to_tensors(numpy_batch, schema, device)
         target, users = batch["item_idx"], batch["user_idx"]

@@ -28,7 +28,7 @@ from twotower.data.tables import load_feature_tables
 from twotower.distributed.collective import (all_gather_object, all_gather_with_grad, all_reduce_sums,
                                              weight_digest)
 from twotower.distributed.config import TrainConfig
-from twotower.distributed.data import iter_eval_batches, iter_train_batches
+from twotower.distributed.data import eval_batch_size, iter_eval_batches, iter_train_batches
 from twotower.distributed.watchdog import ProgressReporter
 from twotower.model.checkpoint import load_checkpoint, save_checkpoint
 from twotower.model.loss import compute_loss
@@ -245,7 +245,7 @@ def validate(core: TwoTowerModel, shard, schema: DatasetSchema, ks: list[int], d
     core.eval()
     acc = RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
     item_embs = core.all_item_embeddings()
-    for batch, seen in iter_eval_batches(shard, schema, device=device):
+    for batch, seen in iter_eval_batches(shard, schema, eval_batch_size(schema.num_items), device=device):
         acc.add(core.rank_scores(batch, item_embs), batch["item_idx"], seen, user_idx=batch["user_idx"])
         if progress is not None:
             progress.beat(stage="validate", epoch=epoch)

@@ -52,7 +52,6 @@ from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.model.schema import DatasetSchema
 
 log = logging.getLogger(__name__)
-CHECKPOINTS_TO_KEEP = 2          # best two by the monitored metric (Ray also keeps the latest)
 OBJECT_STORE_CAP = 2 << 30       # local runs: min(2 GiB, 30% of RAM) of shared memory for Ray Data blocks
 
 
@@ -122,7 +121,7 @@ def _run_torch_trainer(train_loop, loop_config: dict, cfg_dict: dict, dataset_di
             name=run_name, storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),   # not every report's full metrics
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,
                                                checkpoint_score_attribute=monitor_key(cfg),
                                                checkpoint_score_order="max")),
         datasets=build_datasets(dataset_dir, schema, seed=seed, files=files), dataset_config=TwoTowerDataConfig())

@@ -23,7 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="prepared dataset directory the model was trained on")
     p.add_argument("--split", default="test", choices=("valid", "test"), help="split to rank (default: test)")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50], help="cut-offs k (default: 10 20 50)")
-    p.add_argument("--batch-size", type=int, default=1024, help="queries scored per batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="queries scored per batch (default: 512, fewer for catalogues over 65k items)")
     p.add_argument("--out", help="metrics JSON path (default: <checkpoint>/../eval_<split>.json)")
     p.add_argument("--index", help="also rank through this index (twotower index output) and report its "
                                    "recall against exact search")
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from twotower.model.checkpoint import CheckpointError
     from twotower.model.schema import SchemaError
 
-    if any(k < 1 for k in args.ks) or args.batch_size < 1:
+    if any(k < 1 for k in args.ks) or (args.batch_size is not None and args.batch_size < 1):
         print("twotower evaluate: error: --ks and --batch-size must be positive", file=sys.stderr)
         return 2
     try:

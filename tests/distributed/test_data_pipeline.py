@@ -75,3 +75,12 @@ def test_read_split_on_movielens(ray_cluster, ml100k_dataset):
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no parquet files"):
         split_num_rows(tmp_path, "train")
+
+
+def test_eval_batch_size_bounds_the_score_matrix():
+    from twotower.distributed.data import EVAL_SCORES_PER_BATCH, eval_batch_size
+    assert eval_batch_size(3884) == 512                      # small catalogues: the default batch
+    assert eval_batch_size(1_000_001) == EVAL_SCORES_PER_BATCH // 1_000_001 == 33
+    assert eval_batch_size(10 ** 9) == 8                     # never below 8 rows
+    for n in (65_536, 1_000_001, 20_000_000):
+        assert eval_batch_size(n) * n <= max(EVAL_SCORES_PER_BATCH, 8 * n)

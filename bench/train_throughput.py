@@ -1,0 +1,140 @@
+"""Training throughput: plain PyTorch loop vs Ray Train with 1 and 2 workers (not a test).
+
+    python bench/train_throughput.py --prepare ml-1m --work /tmp/twotower-bench-tt --write-docs docs/benchmarks.md
+
+Three configurations train the default model (``TrainConfig()`` defaults: user_tower, history mean
+pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the same per-worker batch
+(``--batch-size``, default 1024), for one full epoch each (or ``--max-steps`` steps):
+
+* ``plain``: a single-process PyTorch loop over in-memory tensors (``_common.plain_train``): the
+  ceiling, without Ray Data, DDP or Ray Train; torch uses every core;
+* ``ray-1``: ``TwoTowerTrainer`` with 1 worker holding every core (``cpus_per_worker`` = cores);
+* ``ray-2``: ``TwoTowerTrainer`` with 2 workers (DDP, gloo) of ``cores / 2`` CPUs each.
+
+Examples/s counts training examples over training seconds (for Ray: the ``examples_per_s`` the loop
+reports for the epoch, which includes waiting for Ray Data batches but not validation nor the ~30 s of
+start-up; the wall time of the whole ``fit`` is printed beside it). Peak resident memory is sampled
+every 0.5 s for every process of the run (driver and all Ray processes) and printed per role;
+"system" is the peak of the machine's used memory above its level before the run.
+
+``--device cuda`` runs the same on a GPU (plain loop on the GPU; Ray workers with ``use_gpu``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _common import (MemorySampler, build_model, fmt_bytes, load_split_tensors, machine_line,  # noqa: E402
+                     plain_train, write_docs_section)
+from twotower.distributed.config import TrainConfig  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", help="prepared dataset directory (default: prepare --prepare into --work)")
+    p.add_argument("--prepare", default="ml-1m", help="MovieLens variant to prepare when --dataset is absent")
+    p.add_argument("--work", default="/tmp/twotower-bench-tt")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--max-steps", type=int, default=None, help="steps per configuration (default: one epoch)")
+    p.add_argument("--configs", default="plain,ray-1,ray-2")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--write-docs", help="regenerate this file's train_throughput section (docs/benchmarks.md)")
+    p.add_argument("--out", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def dataset_dir(args) -> Path:
+    if args.dataset:
+        return Path(args.dataset)
+    path = Path(args.work) / args.prepare
+    if not (path / "schema.json").exists():
+        from twotower.data.prepare import prepare_movielens
+        prepare_movielens(path, args.prepare, overwrite=True)
+    return path
+
+
+def run_plain(ds: Path, cfg: TrainConfig, args) -> dict:
+    model, schema = build_model(ds, cfg)
+    data = load_split_tensors(ds, "train", schema)
+    if args.device == "cuda":
+        model, data = model.cuda(), {k: v.cuda() for k, v in data.items()}
+    t0 = time.perf_counter()
+    run = plain_train(model, cfg, data, max_steps=args.max_steps, epochs=1, seed=cfg.seed)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    return {"examples_per_s": run.examples_per_s, "steps": run.steps, "wall_s": time.perf_counter() - t0,
+            "threads": torch.get_num_threads()}
+
+
+def run_ray(ds: Path, cfg: TrainConfig, workers: int, args) -> dict:
+    from twotower.distributed.trainer import TwoTowerTrainer
+    cores = os.cpu_count() or 1
+    cfg = cfg.model_copy(update={"num_workers": workers, "cpus_per_worker": max(cores // workers, 1),
+                                 "use_gpu": args.device == "cuda",
+                                 "run_name": f"ray-{workers}-{time.strftime('%H%M%S')}",
+                                 "storage_path": str(Path(args.work) / "runs")})
+    t0 = time.perf_counter()
+    result = TwoTowerTrainer(cfg).fit(ds)
+    epoch = result.history[0]
+    return {"examples_per_s": epoch["examples_per_s"], "steps": epoch["steps"] * workers,
+            "wall_s": time.perf_counter() - t0, "threads": f"{workers} x {max(cores // workers, 1)}"}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ds = dataset_dir(args)
+    cfg = TrainConfig(batch_size=args.batch_size, epochs=1, patience=0, max_steps_per_epoch=args.max_steps)
+    machine = machine_line()
+    rows = []
+    for name in args.configs.split(","):
+        with MemorySampler() as mem:
+            if name == "plain":
+                res = run_plain(ds, cfg, args)
+            else:
+                res = run_ray(ds, cfg, int(name.split("-")[1]), args)
+        res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role())
+        rows.append(res)
+        print(f"{name}: {res['examples_per_s']:,.0f} examples/s, {res['steps']} steps, wall {res['wall_s']:.1f} s, "
+              f"system peak +{fmt_bytes(res['system_peak'])}", flush=True)
+    base = {r["config"]: r["examples_per_s"] for r in rows}
+    md = render(rows, base, args, ds, machine)
+    print(md)
+    if args.write_docs:
+        write_docs_section(args.write_docs, f"train_throughput_{args.device}", md)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
+    cmd = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
+    lines = [f"### Training throughput ({args.device})", "", f"Command: `{cmd}`", "", f"Machine: {machine}.",
+             f"Dataset: `{ds.name}`; default model, batch {args.batch_size} per worker; "
+             f"{'one epoch' if not args.max_steps else f'{args.max_steps} steps'} per configuration.", "",
+             "| configuration | torch threads | examples/s | vs plain | fit wall s | system peak memory |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["examples_per_s"] / base["plain"] if "plain" in base else float("nan")
+        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {ratio:.2f}x | "
+                     f"{r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
+    if "ray-1" in base and "ray-2" in base:
+        lines += ["", f"Scaling ray-2 / ray-1: **{base['ray-2'] / base['ray-1']:.2f}x**; framework overhead "
+                      f"ray-1 / plain: **{base['ray-1'] / base.get('plain', float('nan')):.2f}x**."]
+    lines += ["", "Peak resident memory per process (largest per role):", "",
+              "| configuration | process | count | peak RSS |", "|---|---|---|---|"]
+    for r in rows:
+        for title, count, rss in r["processes"][:6]:
+            lines.append(f"| {r['config']} | `{title}` | {count} | {fmt_bytes(rss)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
