@@ -99,8 +99,8 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
 class MemorySampler:
     """Samples memory every ``interval_s`` seconds while active (a daemon thread).
 
-    Records the peak resident set size (bytes) of this process, its descendants and every Ray process
-    (command line starting with ``ray::`` or naming raylet/gcs_server/dashboard), keyed by pid with its
+    Records the peak resident set size (bytes) of this process and its descendants (a local Ray started
+    by this process or by a job it runs: GCS, raylet, dashboard, workers), keyed by pid with its
     last busy title, and the peak of the system's used memory (``total - available``) above the level
     when sampling started (``system_peak_bytes``): the figure to compare with a RAM budget, since
     per-process RSS double-counts shared object-store pages.
@@ -113,6 +113,7 @@ class MemorySampler:
         vm = psutil.virtual_memory()
         self.baseline = vm.total - vm.available
         self.system_peak_bytes = 0
+        self._ticks, self._procs = 0, {}
 
     def __enter__(self) -> "MemorySampler":
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -129,25 +130,37 @@ class MemorySampler:
             self._sample()
 
     def _sample(self) -> None:
+        """Memory of the tracked processes; the process table is re-scanned every 4th sample only
+        (a full scan costs ~50 ms of Python, which would slow the loop being measured)."""
+        vm = psutil.virtual_memory()
+        self.system_peak_bytes = max(self.system_peak_bytes, vm.total - vm.available - self.baseline)
+        if self._ticks % 4 == 0:
+            self._scan()
+        self._ticks += 1
+        for pid, proc in list(self._procs.items()):
+            try:
+                rss = proc.memory_info().rss
+                title = self._title_of(pid, proc)
+            except psutil.Error:
+                self._procs.pop(pid, None)
+                continue
+            old_title, old = self.peak.get(pid, (title, 0))
+            self.peak[pid] = (old_title if title == "ray::IDLE" else title, max(old, rss))
+
+    def _scan(self) -> None:
         me = os.getpid()
         try:
             mine = {c.pid for c in psutil.Process(me).children(recursive=True)}
         except psutil.Error:
             mine = set()
-        vm = psutil.virtual_memory()
-        self.system_peak_bytes = max(self.system_peak_bytes, vm.total - vm.available - self.baseline)
-        for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-            try:
-                cmd = " ".join(p.info["cmdline"] or [])
-                rss = p.info["memory_info"].rss
-            except (psutil.Error, TypeError, AttributeError):
-                continue
-            if p.info["pid"] != me and p.info["pid"] not in mine and not _is_ray_process(cmd):
-                continue
-            title = "driver (this script)" if p.info["pid"] == me else _title(cmd)
-            old_title, old = self.peak.get(p.info["pid"], (title, 0))
-            keep = old_title if title == "ray::IDLE" else title
-            self.peak[p.info["pid"]] = (keep, max(old, rss))
+        for p in psutil.process_iter(["pid"]):
+            if p.info["pid"] == me or p.info["pid"] in mine:
+                self._procs.setdefault(p.info["pid"], p)
+
+    def _title_of(self, pid: int, proc: psutil.Process) -> str:
+        if pid == os.getpid():
+            return "driver (this script)"
+        return _title(" ".join(proc.cmdline()))
 
     def by_role(self) -> list[tuple[str, int, int]]:
         """(role, number of processes, max peak RSS bytes over them), largest first."""
@@ -157,14 +170,9 @@ class MemorySampler:
         return sorted(((t, len(v), max(v)) for t, v in roles.items()), key=lambda r: -r[2])
 
 
-def _is_ray_process(cmd: str) -> bool:
-    return cmd.startswith("ray::") or any(s in cmd for s in ("/raylet", "gcs_server", "dashboard.py",
-                                                              "runtime_env/agent", "dashboard/agent.py"))
-
-
 def _title(cmd: str) -> str:
-    if "bench/scale.py" in cmd and "--stage" in cmd:
-        return "stage driver (" + cmd.split("--stage")[1].split()[0] + ")"
+    if "twotower.jobs.cli" in cmd:
+        return "twotower " + cmd.split("twotower.jobs.cli")[1].split()[0] + " (job driver)"
     if cmd.startswith("ray::"):
         return cmd.split()[0]
     for s, name in (("/raylet", "raylet"), ("gcs_server", "gcs_server"), ("dashboard/agent.py", "dashboard agent"),
