@@ -1,0 +1,209 @@
+"""Shared pieces of the bench/ scripts: an in-memory training loop, a memory sampler, machine facts and
+the docs/benchmarks.md section writer. Not part of the installed package (benchmarks only)."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from twotower.data.tables import load_feature_tables, pad_lists
+from twotower.distributed.config import TrainConfig
+from twotower.distributed.train_loop import build_optimizer
+from twotower.model.batch import batch_columns, to_tensors
+from twotower.model.loss import compute_loss
+from twotower.model.schema import DatasetSchema
+from twotower.model.twotower import TwoTowerModel
+
+GIB = 1 << 30
+
+
+# ---------------------------------------------------------------------------------------------- the plain loop
+def load_split_tensors(dataset_dir: str | Path, split: str, schema: DatasetSchema) -> dict[str, torch.Tensor]:
+    """Every row of ``interactions/<split>`` as model input tensors in memory (ids (R,), history (R, N))."""
+    files = sorted((Path(dataset_dir) / "interactions" / split).glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(f, columns=batch_columns(schema)) for f in files)
+    cols = {c: pad_lists(table[c], schema.history_length) if c == "history" else table[c].to_numpy()
+            for c in table.column_names}
+    return to_tensors(cols, schema)
+
+
+def build_model(dataset_dir: str | Path, cfg: TrainConfig) -> tuple[TwoTowerModel, DatasetSchema]:
+    """The model a Ray Train worker builds (same seed, schema, feature tables and config)."""
+    torch.manual_seed(cfg.seed)
+    schema = DatasetSchema.load(dataset_dir)
+    user_table, item_table = load_feature_tables(dataset_dir)
+    return TwoTowerModel(schema, cfg.model, user_table, item_table), schema
+
+
+@dataclass
+class PlainRun:
+    """Outcome of :func:`plain_train`: examples, training seconds (excluding evaluation callbacks)."""
+
+    examples: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+    epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Tensor], *, max_steps: int | None = None,
+                epochs: int = 1, on_epoch=None, seed: int = 0) -> PlainRun:
+    """Single-process PyTorch loop over in-memory tensors: per epoch a random permutation, batches of
+    ``cfg.batch_size`` (last partial batch dropped, as in Ray Train), ``compute_loss`` + the configured
+    optimizer: the same model, loss and batch as a Ray Train worker, without Ray Data or DDP.
+
+    ``on_epoch(epoch, run) -> bool`` is called after every epoch outside the timed section; returning
+    True stops training. Returns a :class:`PlainRun` (seconds = training time only).
+    """
+    optimizer = build_optimizer(cfg, model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    n, b = len(data["item_idx"]), cfg.batch_size
+    run = PlainRun()
+    model.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - b + 1, b):
+            idx = perm[start:start + b]
+            batch = {k: v[idx] for k, v in data.items()}
+            out = compute_loss(model, batch, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            run.steps, run.examples = run.steps + 1, run.examples + b
+            if max_steps and run.steps >= max_steps:
+                break
+        run.seconds += time.perf_counter() - t0
+        run.epochs = epoch
+        if (on_epoch is not None and on_epoch(epoch, run)) or (max_steps and run.steps >= max_steps):
+            break
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- memory
+class MemorySampler:
+    """Samples memory every ``interval_s`` seconds while active (a daemon thread).
+
+    Records the peak resident set size (bytes) of this process, its descendants and every Ray process
+    (command line starting with ``ray::`` or naming raylet/gcs_server/dashboard), keyed by pid with its
+    last busy title, and the peak of the system's used memory (``total - available``) above the level
+    when sampling started (``system_peak_bytes``): the figure to compare with a RAM budget, since
+    per-process RSS double-counts shared object-store pages.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.peak: dict[int, tuple[str, int]] = {}
+        self._stop, self._thread = threading.Event(), None
+        vm = psutil.virtual_memory()
+        self.baseline = vm.total - vm.available
+        self.system_peak_bytes = 0
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        try:
+            mine = {c.pid for c in psutil.Process(me).children(recursive=True)}
+        except psutil.Error:
+            mine = set()
+        vm = psutil.virtual_memory()
+        self.system_peak_bytes = max(self.system_peak_bytes, vm.total - vm.available - self.baseline)
+        for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                rss = p.info["memory_info"].rss
+            except (psutil.Error, TypeError, AttributeError):
+                continue
+            if p.info["pid"] != me and p.info["pid"] not in mine and not _is_ray_process(cmd):
+                continue
+            title = "driver (this script)" if p.info["pid"] == me else _title(cmd)
+            old_title, old = self.peak.get(p.info["pid"], (title, 0))
+            keep = old_title if title == "ray::IDLE" else title
+            self.peak[p.info["pid"]] = (keep, max(old, rss))
+
+    def by_role(self) -> list[tuple[str, int, int]]:
+        """(role, number of processes, max peak RSS bytes over them), largest first."""
+        roles: dict[str, list[int]] = {}
+        for title, rss in self.peak.values():
+            roles.setdefault(title, []).append(rss)
+        return sorted(((t, len(v), max(v)) for t, v in roles.items()), key=lambda r: -r[2])
+
+
+def _is_ray_process(cmd: str) -> bool:
+    return cmd.startswith("ray::") or any(s in cmd for s in ("/raylet", "gcs_server", "dashboard.py",
+                                                              "runtime_env/agent", "dashboard/agent.py"))
+
+
+def _title(cmd: str) -> str:
+    if "bench/scale.py" in cmd and "--stage" in cmd:
+        return "stage driver (" + cmd.split("--stage")[1].split()[0] + ")"
+    if cmd.startswith("ray::"):
+        return cmd.split()[0]
+    for s, name in (("/raylet", "raylet"), ("gcs_server", "gcs_server"), ("dashboard/agent.py", "dashboard agent"),
+                    ("dashboard.py", "dashboard"), ("runtime_env/agent", "runtime env agent")):
+        if s in cmd:
+            return name
+    return cmd[:40]
+
+
+def self_peak_rss_bytes() -> int:
+    """Peak RSS of this process so far (``getrusage``; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+def machine_line() -> str:
+    """'2 CPU cores, 24.0 GiB RAM, no GPU; Linux x86_64; torch 2.13.0, ray 2.60.0; 2026-11-22' style."""
+    import ray
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores, {psutil.virtual_memory().total / GIB:.1f} GiB RAM, {gpu}; "
+            f"{platform.system()} {platform.machine()}; python {platform.python_version()}, torch {torch.__version__}, "
+            f"ray {ray.__version__}; {_dt.date.today().isoformat()}; load average at start "
+            f"{os.getloadavg()[0]:.1f}")
+
+
+def write_docs_section(path: str | Path, name: str, markdown: str) -> None:
+    """Replace the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in ``path`` (appended
+    with the markers when absent), so the script regenerates its own table in docs/benchmarks.md."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / (1 << 20):.0f} MiB"
