@@ -8,6 +8,12 @@ def _s(x: float | None) -> str:
     return "not reached" if x is None else f"{x:.1f} s"
 
 
+def _fastest(p: dict) -> float:
+    """Shortest epoch (training seconds) of a plain-loop row."""
+    walls = [0.0] + [c["wall_s"] for c in p["curve"]]
+    return min(b - a for a, b in zip(walls, walls[1:]))
+
+
 def render(out: dict) -> str:
     """The ``vs_scikit_rec`` section: command, machine, table, targets and per-epoch curves."""
     sk, plain, ray = out["skrec"], out["plain"], out["ray"]
@@ -59,6 +65,13 @@ def render(out: dict) -> str:
             + ("**never**" if ratio is None else f"{p['reach_s']:.1f} s = {ratio:.3f} x {sk['wall_s']:.1f} s (1/{1 / ratio:.1f}): "
                f"**{'met' if ratio <= 0.2 else 'missed'}**")
             + f"; at equal wall time {p['equal_wall_hr']:.4f} ({gap:+.4f}): **{'met' if gap >= 0.02 else 'missed'}**")
+    fastest = min(e["train_s"] for e in sk["curve"])
+    lines.append(f"- Load check (the load changed during the run): at its fastest epoch here ({fastest:.1f} s, "
+                 f"{sk['train_rows'] / fastest:,.0f} rows/s) scikit-rec's {len(sk['curve'])} epochs would take "
+                 f"{fastest * len(sk['curve']):.0f} s; "
+                 + "; ".join(f"`{p['name']}` at its fastest epoch would reach in "
+                             f"{_fastest(p) * p['reach_epoch']:.1f} s = {_fastest(p) * p['reach_epoch'] / (fastest * len(sk['curve'])):.3f} x"
+                             for p in plain if p["threads"] == 1 and p["reach_epoch"]))
     if ray:
         lines.append(f"- Ray Train, 1 worker, whole `fit` including start-up: {ray['wall_s']:.1f} s = "
                      f"{ray['wall_s'] / sk['wall_s']:.2f} x scikit-rec's wall time, test HR@10 {ray['test_hr']:.4f}")

@@ -1,13 +1,19 @@
 """twotower vs scikit-rec's ContextualizedTwoTowerEstimator on ML-100K, side by side (not a test).
 
-    python bench/vs_scikit_rec.py --skrec-python /work/skrec-venv/bin/python --write-docs docs/benchmarks.md
+    python bench/vs_scikit_rec.py --skrec-python /work/skrec-venv/bin/python --data-dir /work/shared/data \
+        --write-docs docs/benchmarks.md
 
-One command runs both, one after the other, each on one torch thread (``--threads 2`` adds a twotower row
-with 2 threads, stopped once it reaches scikit-rec's HR@10). Same split (twotower's leave-last-out ML-100K: train / valid = second-last /
-test = last interaction per user), same evaluation: sampled HR@10 on the test split (1 positive + 100
-negatives drawn from the items the user never interacted with, He et al. 2017) computed by twotower's
-``RankingAccumulator`` for both models, from (queries, num_items) score matrices in twotower's item
-index space, so both see exactly the same negatives.
+(``--threads ''`` drops the 2-thread row, as in the published run on the shared 2-core machine; 10-40
+minutes depending on the load. scikit-rec 0.4.2 pins numpy 1.26 / pandas 2.3, so it lives in its own
+venv that reuses the system torch: ``python -m venv --system-site-packages /work/skrec-venv &&
+/work/skrec-venv/bin/pip install scikit-rec==0.4.2``.)
+
+One command runs both, one after the other, each on one torch thread (``--threads 2`` adds a twotower
+row with 2 threads, stopped once it reaches scikit-rec's HR@10). Same split (twotower's leave-last-out
+ML-100K: train / valid = second-last / test = last interaction per user), same evaluation: sampled
+HR@10 on the test split (1 positive + 100 negatives drawn from the items the user never interacted with,
+He et al. 2017) computed by twotower's ``RankingAccumulator`` for both models, from (queries, num_items)
+score matrices in twotower's item index space, so both see exactly the same negatives.
 
 * scikit-rec (its own interpreter, ``bench/_skrec_side.py``, since it pins numpy 1.26 / pandas 2.3):
   Quick Start estimator (trilinear, 32/32/16, lr 1e-3, batch 256, BCE, up to 50 epochs, early stopping
@@ -82,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait-max", type=float, default=600.0, help="... for at most this many seconds")
     p.add_argument("--write-docs", help="regenerate this file's vs_scikit_rec section (docs/benchmarks.md)")
     p.add_argument("--out", help="write all results as JSON here")
+    p.add_argument("--render", help="only re-render the table (and --write-docs) from a JSON written by --out")
     return p.parse_args(argv)
 
 
@@ -193,6 +200,8 @@ def run_ray(args, ds: Path, cfg: TrainConfig, epochs: int, target_hr: float) -> 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        return report(json.loads(Path(args.render).read_text()), args)
     torch.set_num_threads(1)
     ds = Path(args.work) / "ml-100k"
     if not (ds / "schema.json").exists():
@@ -219,11 +228,16 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     out = {"machine": machine, "load_before": load_before, "load_after": os.getloadavg()[0], "skrec": sk,
            "plain": plain, "ray": ray_row, "argv": sys.argv[1:]}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    return report(out, args)
+
+
+def report(out: dict, args) -> dict:
+    """Print the markdown table of ``out`` and regenerate the docs section when ``--write-docs``."""
     from _vs_skrec_report import render
     text = render(out)
     print(text)
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1, default=str))
     if args.write_docs:
         write_docs_section(args.write_docs, "vs_scikit_rec", text)
     return out
