@@ -129,9 +129,13 @@ def _ids_column(directory: str, name: str) -> np.ndarray:
 def ensure_ray() -> bool:
     """``ray.init`` with enough logical CPUs for an actor pool plus tasks (>= 4) unless Ray is running.
 
-    Returns True when this call started Ray (the caller then shuts it down)."""
+    With ``RAY_ADDRESS`` set (e.g. by ``ray job submit``) that cluster is joined instead. Returns True when
+    this call started or connected Ray (the caller then shuts it down or disconnects)."""
     if ray.is_initialized():
         return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+        return True
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True
 
