@@ -49,7 +49,7 @@ def _node_ports() -> list[str]:
 
 
 class LocalCluster:
-    """Head + one worker node on 127.0.0.1. Attributes: ``gcs_address``, ``dashboard_url``, ``token``."""
+    """Head + one worker node on this host. Attributes: ``gcs_address``, ``dashboard_url``, ``token``."""
 
     def __init__(self, cpus_per_node: int = 3, object_store_bytes: int = 300 * 1024 * 1024):
         self.root = Path(tempfile.mkdtemp(prefix="ttc-", dir="/tmp"))   # short: Unix socket paths <= 107 chars
@@ -59,9 +59,7 @@ class LocalCluster:
         self.dashboard_url = f"http://127.0.0.1:{free_port()}"
         self.procs: list[subprocess.Popen] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        # agent_register_timeout_ms: a loaded 2-core host can take >15 s to start the dashboard agent
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0",
-                   RAY_agent_register_timeout_ms="120000",
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
         self.env = env
 
@@ -71,7 +69,8 @@ class LocalCluster:
 
     def _start_node(self, name: str, args: list[str], n_alive: int, timeout: float, attempts: int = 4) -> None:
         """``ray start --block`` one node and wait for ``n_alive`` alive nodes; retried when its raylet
-        aborted because an agent missed Ray's 15 s port-file deadline (seen on a loaded 2-core host)."""
+        aborted because its dashboard agent missed Ray 2.60's fixed 15 s port-file deadline (happens on a
+        loaded 2-core host; ``RAY_agent_register_timeout_ms`` does not extend that wait in 2.60)."""
         for attempt in range(1, attempts + 1):
             temp = self.root / f"{name}{attempt}"
             temp.mkdir()
@@ -81,6 +80,7 @@ class LocalCluster:
             log = open(self.root / f"{name}{attempt}.log", "wb")
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.root)
+            log.close()
             self.procs.append(proc)
             try:
                 self.wait_nodes(n_alive, timeout, temp)
