@@ -38,6 +38,10 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool = False
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement of the training workers across nodes (ScalingConfig.placement_strategy): "
+                            "PACK fills as few nodes as possible, SPREAD uses as many as possible, STRICT_PACK "
+                            "needs one node, STRICT_SPREAD one worker per node (else the run waits for nodes)")
     gather_negatives: bool = Field(False, description="in-batch negatives from all workers (all_gather with grad)")
     seed: int = 0
     storage_path: str = Field("runs", description="local path or pyarrow filesystem URI for checkpoints")

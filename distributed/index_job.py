@@ -131,10 +131,14 @@ def _ids_column(directory: str, name: str) -> np.ndarray:
 def ensure_ray() -> bool:
     """``ray.init`` with enough logical CPUs for an actor pool plus tasks (>= 4) unless Ray is running.
 
-    Returns True when this call started Ray (the caller then shuts it down). A new local runtime listens
-    on 127.0.0.1 only (:func:`~twotower.distributed.local_ray.use_loopback_only`)."""
+    With ``RAY_ADDRESS`` set (e.g. by ``ray job submit``) that cluster is joined instead. Returns True when
+    this call started or connected Ray (the caller then shuts it down or disconnects). A new local
+    runtime listens on 127.0.0.1 only (:func:`~twotower.distributed.local_ray.use_loopback_only`)."""
     if ray.is_initialized():
         return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+        return True
     use_loopback_only()
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True

@@ -4,8 +4,9 @@ What ``fit`` does:
 
 1. checks the inputs before starting anything (schema, the footer and columns of every train/valid
    parquet file, batch size vs rows per worker, ``resume_from`` compatibility, enough CPUs/GPUs in
-   the cluster) and raises ConfigError / DataFormatError early; ``skip_bad_files`` leaves bad files
-   out instead (a WARNING per file; listed in ``summary.json``);
+   the cluster, only logged on a cluster joined through ``RAY_ADDRESS``, where the autoscaler may add
+   nodes) and raises ConfigError / DataFormatError early; ``skip_bad_files`` leaves bad files out
+   instead (a WARNING per file; listed in ``summary.json``);
 2. starts a local Ray runtime when none is initialised (``start_local_ray``) and shuts it down
    afterwards; an already initialised runtime (e.g. a test fixture, ``ray.init(address=...)``) is
    used as is;
@@ -116,7 +117,7 @@ def _run_torch_trainer(train_loop, loop_config: dict, cfg_dict: dict, dataset_di
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -270,11 +271,20 @@ def _check_resume(cfg: TrainConfig, schema: DatasetSchema) -> None:
 
 
 def _check_cluster(cfg: TrainConfig) -> None:
-    """Fail fast instead of waiting forever for resources the cluster does not have."""
+    """Fail fast instead of waiting forever for resources the cluster does not have.
+
+    On a cluster joined through ``RAY_ADDRESS`` (``ray job submit``, ``cluster.yaml``) the autoscaler
+    may still add nodes (GPU workers scale from zero), so a shortfall is only logged there.
+    """
     res = ray.cluster_resources()
     need_cpu = cfg.num_workers * cfg.cpus_per_worker
+    problems = []
     if res.get("CPU", 0) < need_cpu + 1:
-        raise ConfigError(f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPUs need {need_cpu:g} CPUs plus at "
-                          f"least 1 for Ray Data; the Ray cluster has {res.get('CPU', 0):g}")
+        problems.append(f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPUs need {need_cpu:g} CPUs plus at "
+                        f"least 1 for Ray Data; the Ray cluster has {res.get('CPU', 0):g}")
     if cfg.use_gpu and res.get("GPU", 0) < cfg.num_workers:
-        raise ConfigError(f"use_gpu=true needs {cfg.num_workers} GPUs; the Ray cluster has {res.get('GPU', 0):g}")
+        problems.append(f"use_gpu=true needs {cfg.num_workers} GPUs; the Ray cluster has {res.get('GPU', 0):g}")
+    if problems and os.environ.get("RAY_ADDRESS"):
+        log.warning("%s; waiting for the autoscaler to add nodes", "; ".join(problems))
+    elif problems:
+        raise ConfigError(problems[0])

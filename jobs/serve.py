@@ -15,6 +15,7 @@ dataset, config), 1 Serve failed to start. SIGTERM stops it like Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -41,7 +42,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write-user-cache", metavar="DIR", help="build the per-user table (trilinear / "
                    "scoring_layer) into DIR and exit")
     p.add_argument("--user-cache", help="per-user table written by --write-user-cache (else built at startup)")
-    p.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
     p.add_argument("--app-name", default=APP_NAME)
     p.add_argument("--route-prefix", default="/")
     p.add_argument("--shard-replicas", type=int, default=1, help="replicas of each shard searcher")
@@ -150,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ValidationError, CheckpointError, IndexFormatError, FileNotFoundError, OSError) as e:
         print(f"twotower serve: {e}", file=sys.stderr)
         return 2
-    return serve_forever(config, args.address, args.ready_timeout)
+    # as a submitted Ray job (``ray job submit -- twotower serve ...``) RAY_ADDRESS names the cluster: join it and,
+    # on exit, delete only this application instead of shutting down Serve for the whole cluster
+    return serve_forever(config, args.address or os.environ.get("RAY_ADDRESS"), args.ready_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
