@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         if reached is None and row["sampled_hr@10"] >= HR_BAR and row["ratio"] >= RATIO_BAR:
             reached = row
     cmd = "python bench/quality_at_speed.py " + " ".join(sys.argv[1:])
-    lines = ["### Quality at speed: time to the ML-1M quality bar", "", f"Command: `{cmd}`", "",
+    lines = ["## Quality at speed: time to the ML-1M quality bar", "", f"Command: `{cmd}`", "",
              f"Machine: {machine}.", "",
              f"Default model, {args.num_workers} Ray Train workers x batch 1024, one run of {args.epochs} epochs "
              f"(fit wall time {fit_wall:.0f} s including Ray start-up); test split evaluated after the run for "

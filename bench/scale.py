@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 def render(rows: list[dict], args, machine: str) -> str:
     cmd = "python bench/scale.py " + " ".join(sys.argv[1:])
     base = rows[0]
-    lines = ["### Scale: 1M users, 1M items, growing interactions", "", f"Command: `{cmd}`", "",
+    lines = ["## Scale: 1M users, 1M items, growing interactions", "", f"Command: `{cmd}`", "",
              f"Machine: {machine}.", "",
              f"Synthetic data ({args.users:,} users, {args.items:,} items, temporal split, history length 50); "
              f"training: default model, {args.num_workers} workers x batch 1024, one epoch; index: 2 shards "

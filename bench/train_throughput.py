@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
 def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
     cmd = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
-    lines = [f"### Training throughput ({args.device})", "", f"Command: `{cmd}`", "", f"Machine: {machine}.",
+    lines = [f"## Training throughput ({args.device})", "", f"Command: `{cmd}`", "", f"Machine: {machine}.",
              f"Dataset: `{ds.name}`; default model, batch {args.batch_size} per worker; "
              f"{'one epoch' if not args.max_steps else f'{args.max_steps} steps'} per configuration.", "",
              "| configuration | torch threads | examples/s | vs plain | fit wall s | system peak memory |",
