@@ -7,7 +7,7 @@ For each size N (interactions) it runs the real jobs as subprocesses, exactly as
 
 1. ``twotower prepare synthetic --users U --items I --interactions N --split temporal`` (valid and test
    fractions chosen so each holds about ``--eval-rows`` interactions: full-ranking validation over a 1M
-   catalogue costs ~1 ms per query here, and it is not what this benchmark measures);
+   catalogue took ~13 ms per query here, and it is not what this benchmark measures);
 2. ``twotower train --num-workers 2 --epochs 1`` with the default model (batch 1024 per worker), then
    the epoch's training seconds and examples/s from the run's ``metrics.csv``; ``--max-steps`` caps
    the steps of the largest sizes, and the epoch time is then extrapolated from the measured
