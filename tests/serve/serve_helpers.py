@@ -146,3 +146,15 @@ def assert_same_ranking(got: dict, want_ids: list[str], want_scores: np.ndarray,
         if a != b:
             near = np.abs(want_scores - want_scores[p]) <= tol
             assert a in [want_ids[j] for j in np.flatnonzero(near)], f"position {p}: {a} vs {b}"
+
+
+def wait_for_cli_ready(proc, marker: str) -> list[str]:
+    """Read a ``twotower serve`` subprocess's output until it prints ``marker`` (ready) or exits;
+    asserts it got ready (the failure message holds the last 30 lines). Returns the lines read."""
+    lines = []
+    for line in proc.stdout:                                  # blocks until the CLI reports ready
+        lines.append(line)
+        if marker in line or proc.poll() is not None:
+            break
+    assert any(marker in line for line in lines), "".join(lines[-30:])
+    return lines

@@ -16,6 +16,8 @@ from twotower.jobs import serve as serve_job
 from twotower.serve.app import build_app
 from twotower.serve.config import AppArgs
 
+from serve_helpers import wait_for_cli_ready
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "serve" / "config.example.yaml"
 
 
@@ -78,12 +80,7 @@ def test_cli_serves_until_interrupted(serve_apps, serve_http, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     try:
-        lines = []
-        for line in proc.stdout:                                  # blocks until the CLI reports ready
-            lines.append(line)
-            if "serving tt-cli at" in line or proc.poll() is not None:
-                break
-        assert any("serving tt-cli at" in line for line in lines), "".join(lines[-30:])
+        wait_for_cli_ready(proc, "serving tt-cli at")
         r = requests.post(f"{base}/cli/v1/recommend", json={"user_id": "1", "k": 3}, timeout=60)
         assert r.status_code == 200 and len(r.json()["items"]) == 3
         proc.send_signal(signal.SIGINT)

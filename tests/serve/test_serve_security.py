@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import requests
-from serve_helpers import free_port
+from serve_helpers import free_port, wait_for_cli_ready
 
 from twotower.distributed.local_ray import is_loopback, listening_sockets
 from twotower.index.manifest import IndexFormatError, Manifest
@@ -52,12 +52,7 @@ def test_standalone_serve_listens_on_loopback_only(user_tower_artifacts):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines = []
-        for line in proc.stdout:                                          # blocks until the CLI reports ready
-            lines.append(line)
-            if "serving twotower at" in line or proc.poll() is not None:
-                break
-        assert any("serving twotower at" in line for line in lines), "".join(lines[-30:])
+        wait_for_cli_ready(proc, "serving twotower at")
         r = requests.post(f"http://127.0.0.1:{port}/v1/recommend", json={"user_id": "1", "k": 3}, timeout=60)
         assert r.status_code == 200, r.text
         sockets = listening_sockets(proc.pid)
