@@ -11,7 +11,7 @@ class DataFormatError(ValueError):
     offending value, e.g. ``".../u.data line 17: user id 'abc' is not an integer"``.
 
     Attributes:
-        path: the file concerned (as given).
+        path: the file concerned (as given). message: the problem, without the location.
         line: 1-based line number, or None when the problem is not tied to one line.
         value: the offending raw value, or None.
     """
@@ -19,6 +19,7 @@ class DataFormatError(ValueError):
     def __init__(self, path: str | Path, message: str, line: int | None = None,
                  value: str | None = None) -> None:
         self.path = str(path)
+        self.message = message
         self.line = line
         self.value = value
         where = self.path if line is None else f"{self.path} line {line}"

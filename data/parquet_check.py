@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from twotower.data.errors import DataFormatError
+from twotower.model import storage
 
 
 @dataclass(frozen=True)
@@ -49,19 +49,16 @@ def _kind_ok(kind: str, dtype: pa.DataType) -> bool:
     raise ValueError(f"unknown column kind {kind!r}")
 
 
-def check_parquet_file(path: str, required: Mapping[str, str],
-                       filesystem: pafs.FileSystem | None = None) -> tuple[int, str | None]:
-    """Footer + schema check of one file: ``(num_rows, None)`` when usable, ``(0, reason)`` otherwise.
+def check_parquet_file(path: str, required: Mapping[str, str]) -> tuple[int, str | None]:
+    """Footer + schema check of one file (local path or URI): ``(num_rows, None)`` when usable,
+    ``(0, reason)`` otherwise.
 
     ``required`` maps column name -> kind (see the module docstring). Reads only the footer.
     """
     try:
-        if filesystem is not None:
-            with filesystem.open_input_file(path) as f:
-                meta = pq.ParquetFile(f).metadata
-                schema = meta.schema.to_arrow_schema()
-        else:
-            meta = pq.ParquetFile(path).metadata
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as f:
+            meta = pq.ParquetFile(f).metadata
             schema = meta.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as e:
         return 0, f"not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -75,12 +72,12 @@ def check_parquet_file(path: str, required: Mapping[str, str],
     return meta.num_rows, None
 
 
-def check_parquet_files(paths: Iterable[str], required: Mapping[str, str],
-                        filesystem: pafs.FileSystem | None = None) -> tuple[list[str], int, list[BadParquetFile]]:
+def check_parquet_files(paths: Iterable[str], required: Mapping[str, str]
+                        ) -> tuple[list[str], int, list[BadParquetFile]]:
     """``check_parquet_file`` on every path: (usable paths in order, their total rows, bad files)."""
     good, rows, bad = [], 0, []
     for path in paths:
-        n, reason = check_parquet_file(str(path), required, filesystem)
+        n, reason = check_parquet_file(str(path), required)
         if reason is None:
             good.append(str(path))
             rows += n
@@ -97,16 +94,15 @@ def raise_for_bad_files(bad: list[BadParquetFile], hint: str = "") -> None:
     raise DataFormatError(bad[0].path, f"{bad[0].reason}{more}{hint}")
 
 
-def find_unreadable_file(paths: Iterable[str], columns: list[str] | None = None,
-                         filesystem: pafs.FileSystem | None = None) -> BadParquetFile | None:
+def find_unreadable_file(paths: Iterable[str], columns: list[str] | None = None) -> BadParquetFile | None:
     """First file whose pages fail to decode (streams every row group of ``columns``), or None.
 
     Cost: a full read of those columns; use it to explain a failed read, not as a routine check.
     """
     for path in paths:
         try:
-            source = filesystem.open_input_file(str(path)) if filesystem is not None else str(path)
-            for _ in pq.ParquetFile(source).iter_batches(batch_size=65_536, columns=columns):
+            fs, inner = storage.resolve(path)
+            for _ in pq.ParquetFile(inner, filesystem=fs).iter_batches(batch_size=65_536, columns=columns):
                 pass
         except (OSError, pa.ArrowException) as e:
             first = str(e).splitlines()[0] if str(e) else ""

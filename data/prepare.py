@@ -8,6 +8,7 @@ compact dtypes; history/seen lists are built and written per chunk of users (``c
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -17,12 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower.data import features as F
+from twotower.data.errors import DataFormatError
 from twotower.data.locate import find_movielens
 from twotower.data.movielens import MovieLensData, read_movielens
 from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_out, sort_order,
                                  temporal_cuts, temporal_split, user_chunks)
 from twotower.data.writer import (InteractionWriter, atomic_directory, list_column, write_json,
-                                  write_vocab, is_nonempty_output)
+                                  write_vocab)
+from twotower.model import storage
 from twotower.model.schema import DatasetSchema, Feature
 
 log = logging.getLogger("twotower.data")
@@ -170,7 +173,8 @@ def prepare_movielens(out: str | Path, variant: str = "ml-100k", *, src: str | P
     Args:
         out: output directory (written atomically).
         variant: ``ml-100k``, ``ml-1m``, ``ml-10m``, ``ml-20m``, ``ml-25m`` or ``ml-latest-small``.
-        src: folder holding the raw files; default: :func:`find_movielens(variant, data_dir)`.
+        src: folder (local path or URI; a URI is copied to a local temporary folder first) holding the raw
+            files; default: :func:`find_movielens(variant, data_dir)`.
         overwrite: replace a non-empty ``out``.
         **options: ``min_rating``, ``split`` (``leave_last_out``/``temporal``),
             ``valid_fraction``, ``test_fraction``, ``history_length``, ``rows_per_file``,
@@ -183,13 +187,22 @@ def prepare_movielens(out: str | Path, variant: str = "ml-100k", *, src: str | P
         FileExistsError: ``out`` non-empty without ``overwrite`` (checked before reading).
         DataFormatError: missing/empty/malformed raw files. FileNotFoundError: data not found.
     """
-    if is_nonempty_output(Path(out)) and not overwrite:
+    if storage.is_nonempty(out) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; use overwrite=True "
                               f"(--overwrite) to replace it")
     t0 = time.time()
-    folder = Path(src) if src is not None else find_movielens(variant, data_dir)
-    data = read_movielens(folder, variant)
+    fetched = storage.local_copy(src) if src is not None and storage.is_uri(src) else None
+    folder = fetched[0] if fetched else Path(src) if src is not None else find_movielens(variant, data_dir)
+    try:
+        data = read_movielens(folder, variant)
+    except DataFormatError as e:    # name the file under the URI, not under the temporary copy
+        if not fetched:
+            raise
+        raise DataFormatError(e.path.replace(str(folder), str(src).rstrip("/")), e.message, e.line, e.value) from e
+    finally:
+        if fetched and fetched[1]:
+            shutil.rmtree(folder, ignore_errors=True)
     log.info("%s: read %d ratings, %d items%s from %s (%.1fs)", variant, len(data.ratings),
              len(data.items), "" if data.users is None else f", {len(data.users)} users", folder,
              time.time() - t0)
-    return write_movielens(out, data, overwrite=overwrite, source=str(folder), **options)
+    return write_movielens(out, data, overwrite=overwrite, source=str(src or folder), **options)

@@ -1,4 +1,4 @@
-"""User and item feature tables of a prepared dataset, as dense numpy arrays for the model."""
+"""User and item feature tables of a prepared dataset (local path or URI), as dense numpy arrays for the model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twotower.model import storage
 from twotower.model.schema import DatasetSchema, Feature, SchemaError
 
 
@@ -28,7 +29,7 @@ def pad_lists(column: pa.ChunkedArray | pa.Array, max_length: int) -> np.ndarray
     return out
 
 
-def _feature_array(table: pa.Table, feat: Feature, path: Path) -> np.ndarray:
+def _feature_array(table: pa.Table, feat: Feature, path: str) -> np.ndarray:
     if feat.name not in table.column_names:
         raise SchemaError(f"{path}: no column {feat.name!r} for feature {feat.name!r}")
     col = table[feat.name]
@@ -39,8 +40,12 @@ def _feature_array(table: pa.Table, feat: Feature, path: Path) -> np.ndarray:
     return pad_lists(col, feat.max_length)
 
 
-def _read(path: Path, rows: int, index_col: str) -> pa.Table:
-    table = pq.read_table(path)
+def _read(path: str, rows: int, index_col: str) -> pa.Table:
+    fs, inner = storage.resolve(path)
+    try:
+        table = pq.read_table(inner, filesystem=fs)
+    except FileNotFoundError as e:
+        raise SchemaError(f"{path}: missing (not a prepared dataset?)") from e
     idx = table[index_col].to_numpy()
     if len(idx) != rows or not np.array_equal(idx, np.arange(rows)):
         raise SchemaError(f"{path}: expected {rows} rows with {index_col} == row number")
@@ -62,16 +67,14 @@ def load_feature_tables(dataset_dir: str | Path
         * ``item_table["train_count"]`` -> int64 (num_items,), train interactions per item.
 
     Raises:
-        SchemaError: missing/invalid schema.json, a feature column missing, or row count/order of
+        SchemaError: missing/invalid schema.json, users/items.parquet missing, a feature column missing, or row count/order of
             ``users.parquet``/``items.parquet`` not matching the schema.
     """
-    root = Path(dataset_dir)
-    schema = DatasetSchema.load(root)
-    users = _read(root / "users.parquet", schema.num_users, "user_idx")
-    items = _read(root / "items.parquet", schema.num_items, "item_idx")
-    user_table = {f.name: _feature_array(users, f, root / "users.parquet")
-                  for f in schema.user_features}
-    item_table = {f.name: _feature_array(items, f, root / "items.parquet")
-                  for f in schema.item_features}
+    schema = DatasetSchema.load(dataset_dir)
+    users_path, items_path = storage.join(dataset_dir, "users.parquet"), storage.join(dataset_dir, "items.parquet")
+    users = _read(users_path, schema.num_users, "user_idx")
+    items = _read(items_path, schema.num_items, "item_idx")
+    user_table = {f.name: _feature_array(users, f, users_path) for f in schema.user_features}
+    item_table = {f.name: _feature_array(items, f, items_path) for f in schema.item_features}
     item_table["train_count"] = items["train_count"].to_numpy().astype(np.int64)
     return user_table, item_table

@@ -2,7 +2,8 @@
 
 :func:`atomic_directory` yields a temporary directory next to the output (same filesystem) and
 renames it into place only when the ``with`` block succeeds; on any exception the temporary
-directory is removed and a pre-existing output is left untouched.
+directory is removed and a pre-existing output is left untouched. A URI output (``s3://...``) is
+uploaded from a local temporary directory instead (see its docstring).
 """
 from __future__ import annotations
 
@@ -20,28 +21,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twotower.model import storage
+
 log = logging.getLogger("twotower.data")
 ROW_GROUP_SIZE = 65_536
 ROWS_PER_FILE = 250_000
 
 
-def is_nonempty_output(path: Path) -> bool:
-    """True when ``path`` exists and is a file or a non-empty directory."""
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
 @contextlib.contextmanager
 def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Context manager yielding a fresh temporary directory that becomes ``out`` on success.
+    """Context manager yielding a fresh local temporary directory that becomes ``out`` on success.
+
+    Local ``out``: the temporary directory is a sibling (same filesystem) renamed into place. URI ``out``
+    (``s3://...``): it is a local temporary directory uploaded into ``out`` (a previous ``out`` is
+    deleted first when ``overwrite``), with ``schema.json`` uploaded last, so a reader never sees a
+    schema.json before the files it describes; object stores have no atomic directory rename.
 
     Raises:
         FileExistsError: ``out`` exists and is not an empty directory, and ``overwrite`` is False
             (checked before anything is written).
     """
-    out = Path(out)
-    if is_nonempty_output(out) and not overwrite:
+    if storage.is_nonempty(out) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; use overwrite=True "
                               f"(--overwrite) to replace it")
+    if storage.is_uri(out) and not str(out).startswith("file://"):
+        tmp = Path(tempfile.mkdtemp(prefix="twotower-prepare-"))
+        try:
+            yield tmp
+            storage.delete_dir(out)
+            storage.upload_dir(tmp, out, last="schema.json")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    out = Path(storage.resolve(out)[1])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     umask = os.umask(0)

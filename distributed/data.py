@@ -2,7 +2,7 @@
 
 Pipeline per split (``read_split``)::
 
-    read_parquet(DATASET/interactions/<split>/)          # V1 parquet datasource, see below
+    read_parquet(DATASET/interactions/<split>/*.parquet) # local paths or URIs; V1 datasource, see below
       .select_columns(batch_columns(schema) [+ seen_items])
       .map_batches(preprocess_batch)                      # numpy: history -> (B, N) int64, ids int64,
                                                           # numeric context float32 (Ray Data tasks,
@@ -60,6 +60,7 @@ import torch
 from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import (BadParquetFile, check_parquet_files, find_unreadable_file,
                                          raise_for_bad_files)
+from twotower.model import storage
 from twotower.model.batch import batch_columns, to_numpy_batch
 from twotower.model.schema import DatasetSchema
 
@@ -69,18 +70,26 @@ EVAL_BATCH_SIZE = 512
 EVAL_SCORES_PER_BATCH = 1 << 25     # 32M float32 scores = 128 MiB per (batch x catalogue) score matrix
 
 
-def split_dir(dataset_dir: str | Path, split: str) -> Path:
-    """``DATASET/interactions/<split>``; raises FileNotFoundError when it has no parquet file."""
-    path = Path(dataset_dir) / "interactions" / split
-    if not path.is_dir() or not any(path.glob("*.parquet")):
-        raise FileNotFoundError(f"{path}: no parquet files (is {dataset_dir} a prepared dataset?)")
-    return path
+def split_files(dataset_dir: str | Path, split: str) -> list[str]:
+    """Sorted parquet files of ``DATASET/interactions/<split>`` (absolute paths, or URIs for a URI dataset).
+
+    Raises:
+        FileNotFoundError: the split has no parquet file.
+    """
+    directory = storage.join(storage.normalize(dataset_dir), "interactions", split)
+    files = storage.files_with_suffix(directory, ".parquet")
+    if not files:
+        raise FileNotFoundError(f"{directory}: no parquet files (is {dataset_dir} a prepared dataset?)")
+    return files
 
 
 def split_num_rows(dataset_dir: str | Path, split: str) -> int:
     """Row count of a split from the parquet footers (no data read)."""
-    files = sorted(split_dir(dataset_dir, split).glob("*.parquet"))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    total = 0
+    for path in split_files(dataset_dir, split):
+        fs, inner = storage.resolve(path)
+        total += pq.ParquetFile(inner, filesystem=fs).metadata.num_rows
+    return total
 
 
 def split_required_columns(schema: DatasetSchema, split: str) -> dict[str, str]:
@@ -106,8 +115,7 @@ def check_splits(dataset_dir: str | Path, schema: DatasetSchema, splits: tuple[s
     """
     files, rows, skipped = {}, {}, []
     for split in splits:
-        paths = sorted(str(p) for p in split_dir(dataset_dir, split).glob("*.parquet"))
-        good, n, bad = check_parquet_files(paths, split_required_columns(schema, split))
+        good, n, bad = check_parquet_files(split_files(dataset_dir, split), split_required_columns(schema, split))
         if not skip_bad_files:
             raise_for_bad_files(bad, hint="; fix or remove it, or set skip_bad_files=true to leave bad files out")
         if not good:
@@ -174,7 +182,6 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
     Raises:
         FileNotFoundError: the split has no parquet files.
     """
-    path = split_dir(dataset_dir, split)
     columns = batch_columns(schema) + ([SEEN_COLUMN] if with_seen else [])
     ctx = ray.data.DataContext.get_current()
     previous = ctx.use_datasource_v2
@@ -182,7 +189,7 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
     try:
         shuffle = None if shuffle_seed is None else ray.data.FileShuffleConfig(
             seed=shuffle_seed, reseed_after_execution=True)
-        ds = ray.data.read_parquet(list(files) if files else str(path), shuffle=shuffle)
+        ds = ray.data.read_parquet(list(files or split_files(dataset_dir, split)), shuffle=shuffle)
     finally:
         ctx.use_datasource_v2 = previous
     ds = ds.select_columns(columns).map_batches(preprocess_batch, fn_kwargs={"schema": schema},

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import torch
 
 from twotower.data.tables import load_feature_tables, pad_lists
-from twotower.distributed.data import SEEN_COLUMN, eval_batch_size, split_dir
+from twotower.distributed.data import SEEN_COLUMN, eval_batch_size, split_files
 from twotower.index.recall import ann_rank_scores, index_recall
 from twotower.index.sharded import ShardedIndex
+from twotower.model import storage
 from twotower.model.config import ContextMode
 from twotower.model.batch import batch_columns, to_tensors
 from twotower.model.checkpoint import load_checkpoint
@@ -32,14 +33,15 @@ def _list_rows(column: pa.Array) -> list[np.ndarray]:
 
 def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int = 1024
                        ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-    """Stream a split's parquet files (pyarrow ``iter_batches``): (numpy columns, seen item arrays).
+    """Stream a split's parquet files (local or URI; pyarrow ``iter_batches``): (numpy columns, seen item arrays).
 
     Only ``batch_columns(schema)`` and ``seen_items`` are read; ``history`` comes back as (B, N) int64.
     Raises FileNotFoundError when the split has no parquet files, KeyError when ``seen_items`` is missing.
     """
     columns = batch_columns(schema) + [SEEN_COLUMN]
-    for path in sorted(split_dir(dataset_dir, split).glob("*.parquet")):
-        pf = pq.ParquetFile(path)
+    for path in split_files(dataset_dir, split):
+        fs, inner = storage.resolve(path)
+        pf = pq.ParquetFile(inner, filesystem=fs)
         missing = [c for c in columns if c not in pf.schema_arrow.names]
         if missing:
             raise KeyError(f"{path}: missing columns {missing} (evaluation needs a valid/test split)")

@@ -14,8 +14,6 @@ Embeddings are the item tower's output as is: L2-normalised exactly when the mod
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 
 import numpy as np
@@ -27,27 +25,12 @@ import torch
 
 from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import check_parquet_file
-from twotower.index import storage
+from twotower.model import storage
 from twotower.index.build import shard_of
-from twotower.model.checkpoint import (CHECKPOINT_FORMAT_VERSION, CheckpointError, load_checkpoint,
-                                        read_checkpoint_meta)
+from twotower.model.checkpoint import load_checkpoint
 
 EMBEDDING_COLUMNS = ("item_idx", "item_id", "embedding")
 ITEM_COLUMNS = {"item_idx": "integer", "item_id": "any"}
-
-
-def checkpoint_meta(checkpoint: str) -> dict:
-    """checkpoint.json of a local or URI checkpoint directory (validated). Raises CheckpointError."""
-    if not storage.is_uri(checkpoint):
-        return read_checkpoint_meta(checkpoint)
-    path = storage.join(checkpoint, "checkpoint.json")
-    try:
-        meta = json.loads(storage.read_bytes(path))
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: missing or not valid JSON: {e}") from e
-    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported")
-    return meta
 
 
 class ItemEmbedder:
@@ -63,12 +46,7 @@ class ItemEmbedder:
 
     def __init__(self, checkpoint: str, num_shards: int, device: str = "cpu", torch_threads: int = 1):
         torch.set_num_threads(max(1, torch_threads))
-        local, temporary = storage.local_copy(checkpoint)
-        try:
-            loaded = load_checkpoint(local, map_location=device)
-        finally:
-            if temporary:
-                shutil.rmtree(local, ignore_errors=True)
+        loaded = load_checkpoint(checkpoint, map_location=device)
         self.tower = loaded.model.item_tower.eval()      # the user tower is dropped with ``loaded``
         self.num_items = loaded.schema.num_items
         self.dim = loaded.model_config.final_embedding_dim
@@ -124,7 +102,7 @@ def check_item_files(paths: list[str]) -> int:
         if not files:
             raise FileNotFoundError(f"{path}: directory has no parquet files")
         for f in files:
-            n, reason = check_parquet_file(storage.resolve(f)[1], ITEM_COLUMNS, fs)
+            n, reason = check_parquet_file(f, ITEM_COLUMNS)
             if reason is not None:
                 raise DataFormatError(f, f"item catalogue: {reason}")
             rows += n

@@ -6,7 +6,7 @@
 2. Build: one Ray task per shard streams its partition twice (a random training sample for IVF/PQ,
    then ``add``), writes ``shard-K.faiss`` + ``shard-K.ids.parquet`` and returns their sha256.
 3. The driver writes ``manifest.json`` and publishes the staging directory (a hidden sibling of OUT) with
-   :func:`twotower.index.storage.publish`: a rename on local disks; on object stores the files are
+   :func:`twotower.model.storage.publish`: a rename on local disks; on object stores the files are
    copied with the manifest last. On any failure the staging directory is deleted and OUT is untouched,
    so a failed job never leaves an index that looks complete.
 
@@ -25,14 +25,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from twotower.distributed.index_embed import (check_item_files, checkpoint_meta, embed_items, item_paths,
+from twotower.distributed.index_embed import (check_item_files, embed_items, item_paths,
                                               iter_shard, shard_rows)
 from twotower.distributed.local_ray import use_loopback_only
-from twotower.index import storage
+from twotower.model import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
                                   default_search_params, parse_factory)
 from twotower.index.local import checkpoint_record, make_manifest
 from twotower.index.manifest import Manifest
+from twotower.model.checkpoint import read_checkpoint_meta
 
 log = logging.getLogger("twotower.index")
 EMBEDDINGS_INFO = "_embeddings.json"
@@ -159,7 +160,7 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
         raise ValueError(f"num_shards must be >= 1, got {cfg.num_shards}")
     if storage.is_nonempty(cfg.out) and not cfg.overwrite:
         raise FileExistsError(f"{cfg.out} already exists and is not empty; use --overwrite to replace it")
-    meta = checkpoint_meta(cfg.checkpoint)
+    meta = read_checkpoint_meta(cfg.checkpoint)
     dim = int(meta["model_config"]["final_embedding_dim"])
     parse_factory(cfg.factory, dim)
     params = default_search_params(cfg.factory, cfg.nprobe, cfg.ef_search)

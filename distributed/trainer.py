@@ -24,11 +24,12 @@ registered checkpoint (one per epoch); the epochs it resumed after are in
 ``FitResult.resumed_after_epochs`` and ``summary.json``. A restart takes seconds to a minute (new
 worker processes, dataset set-up), which counts against ``stall_timeout_s``.
 
-``RUN_DIR`` is ``<storage_path>/<run_name>`` for a local ``storage_path`` (Ray Train's own
-``epoch_NNNN`` checkpoint directories and state live there too); for a URI ``storage_path``
-(``s3://...``) checkpoints go to the URI and the artifacts to ``./runs/<run_name>``. Re-using a
-``run_name`` whose directory holds a Ray Train snapshot makes Ray continue that run from its latest
-checkpoint.
+``RUN_DIR`` is ``<storage_path>/<run_name>``, a local directory or a URI (``s3://bucket/runs/...``):
+Ray Train's own ``epoch_NNNN`` checkpoint directories and state live there, and so do the artifacts
+(for a URI they are written to a local temporary directory and uploaded at the end, ``summary.json``
+last). The dataset may be a URI too: the driver and every worker read it through ``pyarrow.fs``
+(:mod:`twotower.model.storage`). Re-using a ``run_name`` whose directory holds a Ray Train snapshot
+makes Ray continue that run from its latest checkpoint.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ from twotower.distributed.data import check_splits, raise_for_unreadable_input
 from twotower.distributed.local_ray import use_loopback_only
 from twotower.distributed.train_loop import monitor_key, train_loop_per_worker
 from twotower.distributed.watchdog import ProgressTracker, TrainingStalledError, run_with_watchdog
+from twotower.model import storage
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.model.schema import DatasetSchema
 
@@ -60,18 +63,19 @@ OBJECT_STORE_CAP = 2 << 30       # local runs: min(2 GiB, 30% of RAM) of shared 
 class FitResult:
     """Outcome of :meth:`TwoTowerTrainer.fit`.
 
-    best_checkpoint: local directory loadable by ``load_checkpoint`` (a copy, inside ``run_dir``).
+    best_checkpoint: directory loadable by ``load_checkpoint`` (a copy, inside ``run_dir``).
     metrics: the reported metrics of the best epoch. history: reported metrics of every epoch.
-    run_dir: directory holding the artifacts. weight_digests: sha256 of each worker's final weights.
+    run_dir: directory holding the artifacts: a ``Path`` for a local ``storage_path``, the URI (``str``,
+    as is ``best_checkpoint``) for a URI one. weight_digests: sha256 of each worker's final weights.
     resumed_after_epochs: completed epochs after which the run continued from its own checkpoint
     (worker failures); empty for an undisturbed run. skipped_files: ``{"path", "reason"}`` of the
     input files left out by ``skip_bad_files``.
     """
 
-    best_checkpoint: Path
+    best_checkpoint: Path | str
     metrics: dict
     history: list[dict]
-    run_dir: Path
+    run_dir: Path | str
     weight_digests: list[str] = field(default_factory=list)
     stopped_early: bool = False
     ray_result_path: str = ""
@@ -151,9 +155,9 @@ class TwoTowerTrainer:
                 fit); names the file. TrainingStalledError: no progress for ``stall_timeout_s``.
             ray.train.TrainingFailedError: a worker raised (after ``max_failures`` retries).
         """
-        cfg, dataset_dir = self.config, Path(dataset_dir).resolve()
+        cfg, dataset_dir = self.config, storage.normalize(dataset_dir)
         if cfg.resume_from:      # workers run in the run directory: make the path absolute here
-            cfg = cfg.model_copy(update={"resume_from": str(Path(cfg.resume_from).resolve())})
+            cfg = cfg.model_copy(update={"resume_from": storage.normalize(cfg.resume_from)})
         schema = DatasetSchema.load(dataset_dir)
         files, split_rows, skipped = check_splits(dataset_dir, schema, ("train", "valid"), cfg.skip_bad_files)
         for bad in skipped:
@@ -164,12 +168,12 @@ class TwoTowerTrainer:
                               f"rows each of {cfg.num_workers} workers gets; lower batch_size or num_workers")
         _check_resume(cfg, schema)
         run_name = cfg.run_name or f"{schema.name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        storage, run_dir = _storage_and_run_dir(cfg.storage_path, run_name)
-        if (run_dir / "summary.json").exists():
+        storage_path, run_dir = _storage_and_run_dir(cfg.storage_path, run_name)
+        if storage.exists(storage.join(run_dir, "summary.json")):
             raise ConfigError(f"run directory {run_dir} already holds a finished run (Ray would restore it and "
                               f"ignore this config); choose another run_name or remove that directory")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        storage.makedirs(run_dir)
+        storage.write_bytes(storage.join(run_dir, "config.yaml"), cfg.to_yaml().encode())
         owned = start_local_ray(cfg)
         try:
             _check_cluster(cfg)
@@ -179,7 +183,7 @@ class TwoTowerTrainer:
                            "steps_per_epoch": min(rows // cfg.num_workers // cfg.batch_size,
                                                   cfg.max_steps_per_epoch or 1 << 62)}
             ref = _run_torch_trainer.remote(self.train_loop, loop_config, cfg.model_dump(mode="json"),
-                                            str(dataset_dir), storage, run_name, cfg.seed, files)
+                                            dataset_dir, storage_path, run_name, cfg.seed, files)
             try:
                 out = run_with_watchdog(lambda: _get(ref), lambda: ray.get(tracker.last.remote(), timeout=30),
                                         cfg.stall_timeout_s, abort=lambda: ray.cancel(ref, force=True))
@@ -196,8 +200,23 @@ class TwoTowerTrainer:
                 ray.shutdown()
         return result
 
-    def _finish(self, out: dict, run_dir: Path, dataset_dir: Path, skipped_files: list[dict]) -> FitResult:
-        """Pick and copy the best checkpoint; write metrics.csv, the curves and summary.json."""
+    def _finish(self, out: dict, run_dir: Path | str, dataset_dir: str, skipped_files: list[dict]) -> FitResult:
+        """Pick and copy the best checkpoint; write metrics.csv, the curves and summary.json (for a URI
+        ``run_dir``: into a local temporary directory, then uploaded with summary.json last)."""
+        if not isinstance(run_dir, Path):
+            local = Path(tempfile.mkdtemp(prefix="twotower-run-"))
+            try:
+                result = self._write_artifacts(out, local, dataset_dir, skipped_files, shown_dir=run_dir)
+                storage.upload_dir(local, run_dir, last="summary.json")
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            return result
+        return self._write_artifacts(out, run_dir, dataset_dir, skipped_files, shown_dir=run_dir)
+
+    def _write_artifacts(self, out: dict, run_dir: Path, dataset_dir: str, skipped_files: list[dict],
+                         shown_dir: Path | str) -> FitResult:
+        """The artifacts of :meth:`_finish` into local ``run_dir``; paths in the result and summary.json
+        are under ``shown_dir`` (where they end up)."""
         key = monitor_key(self.config)
         candidates = [(c, m) for c, m in out["best_checkpoints"] if key in m]
         if not candidates:
@@ -214,7 +233,8 @@ class TwoTowerTrainer:
         best = next((h for h in history if h["epoch"] == best_metrics["epoch"]), best_metrics)
         write_metrics_csv(history, run_dir / "metrics.csv")
         plot_training_curves(history, run_dir / "training_curves.png", key)
-        result = FitResult(best_checkpoint=target, metrics=dict(best), history=list(history), run_dir=run_dir,
+        shown_target = target if isinstance(shown_dir, Path) else storage.join(shown_dir, "best_checkpoint")
+        result = FitResult(best_checkpoint=shown_target, metrics=dict(best), history=list(history), run_dir=shown_dir,
                            weight_digests=list(ret.get("weight_digests") or []),
                            stopped_early=bool(ret.get("stopped_early")), ray_result_path=str(out["path"]),
                            resumed_after_epochs=list(ret.get("resumed_after_epochs") or []),
@@ -225,7 +245,7 @@ class TwoTowerTrainer:
         write_summary(run_dir / "summary.json", {
             "dataset_dir": str(dataset_dir), "best_epoch": best["epoch"], "monitor": key,
             "best_metrics": best, "epochs_run": len(history), "stopped_early": result.stopped_early,
-            "best_checkpoint": str(target), "ray_result_path": result.ray_result_path,
+            "best_checkpoint": str(shown_target), "ray_result_path": result.ray_result_path,
             "weight_digests": result.weight_digests, "resumed_after_epochs": result.resumed_after_epochs,
             "skipped_files": skipped_files})
         return result
@@ -241,10 +261,11 @@ def _get(ref) -> Any:
         raise
 
 
-def _storage_and_run_dir(storage_path: str, run_name: str) -> tuple[str, Path]:
-    """(storage path/URI for RunConfig, local run directory); relative local paths become absolute."""
-    if "://" in storage_path and not storage_path.startswith("file://"):
-        return storage_path, (Path("runs") / run_name).resolve()
+def _storage_and_run_dir(storage_path: str, run_name: str) -> tuple[str, Path | str]:
+    """(storage path/URI for RunConfig, run directory: a local ``Path`` or the URI ``<storage_path>/<run_name>``);
+    relative local paths and ``file://`` URIs become absolute local paths."""
+    if storage.is_uri(storage_path) and not storage_path.startswith("file://"):
+        return storage_path, storage.join(storage_path, run_name)
     local = Path(storage_path.removeprefix("file://")).expanduser().resolve()
     return str(local), local / run_name
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import storage
+from twotower.model import storage
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -12,20 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
 from twotower.jobs.common import run_standalone
+from twotower.model import storage
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` arguments to ``p`` and set ``func``."""
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. RUN_DIR/best_checkpoint)")
-    p.add_argument("--dataset", required=True, help="prepared dataset directory the model was trained on")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or URI (e.g. RUN_DIR/best_checkpoint)")
+    p.add_argument("--dataset", required=True, help="prepared dataset directory or URI the model was trained on")
     p.add_argument("--split", default="test", choices=("valid", "test"), help="split to rank (default: test)")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50], help="cut-offs k (default: 10 20 50)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="queries scored per batch (default: 512, fewer for catalogues over 65k items)")
-    p.add_argument("--out", help="metrics JSON path (default: <checkpoint>/../eval_<split>.json)")
+    p.add_argument("--out", help="metrics JSON path or URI (default: <checkpoint>/../eval_<split>.json)")
     p.add_argument("--index", help="also rank through this index (twotower index output) and report its "
                                    "recall against exact search")
     p.set_defaults(func=run)
@@ -71,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, SchemaError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"twotower evaluate: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    out = args.out or storage.join(storage.parent(args.checkpoint), f"eval_{args.split}.json")
+    storage.makedirs(storage.parent(out))
+    storage.write_bytes(out, json.dumps(result, indent=2, sort_keys=True).encode())
     print(format_table(result))
     print(f"wrote {out}")
     return 0

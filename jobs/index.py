@@ -23,7 +23,7 @@ log = logging.getLogger("twotower.index")
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the ``index`` options to ``p`` and set ``func``."""
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (local path or URI)")
-    p.add_argument("--dataset", help="prepared dataset directory; its items.parquet is the catalogue")
+    p.add_argument("--dataset", help="prepared dataset directory or URI; its items.parquet is the catalogue")
     p.add_argument("--items", nargs="*", default=[], metavar="PARQUET",
                    help="more item parquet files/directories (columns item_idx, item_id)")
     p.add_argument("--out", required=True, help="output index directory (local path or URI; written atomically)")

@@ -24,7 +24,7 @@ log = logging.getLogger("twotower.data")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output dataset directory (written atomically)")
+    p.add_argument("--out", required=True, help="output dataset directory or URI (s3://...; written atomically)")
     p.add_argument("--history-length", type=int, default=50, help="length N of `history`")
     p.add_argument("--split", choices=("leave_last_out", "temporal"), default="leave_last_out")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="temporal split only")
@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ml = sub.add_parser("movielens", help="prepare a MovieLens dataset",
                         description="Read GroupLens MovieLens files and write a prepared dataset.")
     ml.add_argument("--variant", choices=VARIANTS, required=True)
-    ml.add_argument("--src", help="folder holding the raw files (default: search, see --data-dir)")
+    ml.add_argument("--src", help="folder (or URI) holding the raw files (default: search, see --data-dir)")
     ml.add_argument("--data-dir", help="folder holding <variant>/ (searched before "
                                        "$TWOTOWER_DATA_DIR and ../shared/data)")
     ml.add_argument("--sha256", help="archive checksum, needed to download from GroupLens")

@@ -25,6 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from twotower.index.manifest import IndexFormatError, Manifest
+from twotower.model import storage
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
 from twotower.jobs.common import run_standalone
@@ -32,9 +33,9 @@ from twotower.jobs.common import run_standalone
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the ``serve`` arguments to ``p`` and set ``func``."""
-    p.add_argument("--index", help="index directory (twotower index); served by one searcher per shard")
-    p.add_argument("--checkpoint", help="checkpoint directory (twotower train)")
-    p.add_argument("--dataset", help="prepared dataset (default: the checkpoint's dataset_dir)")
+    p.add_argument("--index", help="index directory or URI (twotower index); served by one searcher per shard")
+    p.add_argument("--checkpoint", help="checkpoint directory or URI (twotower train)")
+    p.add_argument("--dataset", help="prepared dataset directory or URI (default: the checkpoint's dataset_dir)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--config", help="deploy this Serve config file instead of one built from the flags")
@@ -72,16 +73,16 @@ def build_config(args: argparse.Namespace) -> dict:
     built = Manifest.read(args.index).checkpoint.get("model_sha256")
     if sha and built and sha != built:
         raise ValueError(f"{args.index} was built from checkpoint model {built[:12]}, {args.checkpoint} is {sha[:12]}")
-    app = AppArgs(checkpoint=str(Path(args.checkpoint).resolve()),
-                  dataset=str(Path(args.dataset).resolve()) if args.dataset else None,
-                  user_cache=str(Path(args.user_cache).resolve()) if args.user_cache else None,
+    app = AppArgs(checkpoint=storage.normalize(args.checkpoint),
+                  dataset=storage.normalize(args.dataset) if args.dataset else None,
+                  user_cache=storage.normalize(args.user_cache) if args.user_cache else None,
                   shard_replicas=args.shard_replicas, encoder_replicas=args.encoder_replicas,
                   ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify)
-    return serve_config(app, index=str(Path(args.index).resolve()), host=args.host, port=args.port,
+    return serve_config(app, index=storage.normalize(args.index), host=args.host, port=args.port,
                         app_name=args.app_name, route_prefix=args.route_prefix)
 
 
-def write_user_cache(args: argparse.Namespace) -> Path:
+def write_user_cache(args: argparse.Namespace) -> str:
     from twotower.model.checkpoint import load_checkpoint
     from twotower.serve.loading import resolve_dataset
     from twotower.serve.user_cache import build_user_cache, save_user_cache

@@ -26,13 +26,13 @@ FLAG_KEYS = {"num_workers": "num_workers", "epochs": "epochs", "out": "storage_p
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the ``train`` arguments to ``p`` and set ``func``."""
-    p.add_argument("--dataset", required=True, help="prepared dataset directory (twotower prepare)")
+    p.add_argument("--dataset", required=True, help="prepared dataset directory or URI (twotower prepare)")
     p.add_argument("--config", help="YAML config (see twotower/jobs/configs/default.yaml)")
     p.add_argument("--num-workers", type=int, help="Ray Train workers (data-parallel replicas)")
     p.add_argument("--epochs", type=int, help="maximum epochs")
-    p.add_argument("--out", help="storage_path: runs are written to OUT/<run_name> (default: runs)")
+    p.add_argument("--out", help="storage_path, a directory or URI: runs are written to OUT/<run_name> (default: runs)")
     p.add_argument("--run-name", help="run directory name (default: <dataset name>-<timestamp>)")
-    p.add_argument("--resume-from", help="checkpoint directory to continue from (next epoch)")
+    p.add_argument("--resume-from", help="checkpoint directory or URI to continue from (next epoch)")
     p.add_argument("--max-failures", type=int,
                    help="restart the workers from the latest epoch checkpoint up to this many times (-1: always)")
     p.add_argument("--skip-bad-files", action="store_const", const=True, default=None,

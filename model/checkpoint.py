@@ -7,18 +7,24 @@ A checkpoint is a directory:
     checkpoint.json   format_version, schema, model config, train config, dataset_dir, epoch, metrics,
                       sha256 of model.pt (and optimizer.pt when present)
     optimizer.pt      optional optimizer state (for resuming), also weights_only
+
+Reading accepts a local directory or a URI (``s3://``, ``gs://``, ...; see :mod:`twotower.model.storage`):
+``checkpoint.json`` is read in place, and a URI checkpoint is copied to a local temporary directory for
+``torch.load`` (removed afterwards). Writing is local (Ray Train uploads the epoch checkpoints).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import pickle
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import storage
 from .config import ModelConfig
 from .schema import DatasetSchema
 from .twotower import TwoTowerModel
@@ -79,10 +85,14 @@ def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, train_conf
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict:
-    """Read and validate ``checkpoint.json``. Raises CheckpointError when missing or of an unknown format."""
-    path = Path(directory) / "checkpoint.json"
+    """Read and validate ``checkpoint.json`` of a local or URI checkpoint directory.
+
+    Raises:
+        CheckpointError: missing, not JSON, or of an unknown format version (the message names the file).
+    """
+    path = storage.join(directory, "checkpoint.json")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(storage.read_text(path))
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: missing (not a twotower checkpoint directory)") from e
     except json.JSONDecodeError as e:
@@ -110,14 +120,27 @@ def _load_tensors(path: Path) -> dict:
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu",
                     verify: bool = True) -> LoadedCheckpoint:
-    """Load a checkpoint directory written by :func:`save_checkpoint`.
+    """Load a checkpoint directory written by :func:`save_checkpoint` (local path or URI).
 
     Raises:
         CheckpointError: missing files, sha256 mismatch (when ``verify``), unknown format version, a
             file that is not a plain tensor pickle (objects other than tensors/containers/primitives are
-            never unpickled), or a state dict that does not fit the stored schema/config.
+            never unpickled), or a state dict that does not fit the stored schema/config. The message
+            names the file as given (the URI, not the temporary copy).
     """
-    path = Path(directory)
+    local, temporary = storage.local_copy(directory)
+    try:
+        return _load_local(local, map_location, verify)
+    except CheckpointError as e:
+        if not temporary:
+            raise
+        raise CheckpointError(str(e).replace(str(local), str(directory).rstrip("/"))) from e
+    finally:
+        if temporary:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _load_local(path: Path, map_location: str | torch.device, verify: bool) -> LoadedCheckpoint:
     meta = read_checkpoint_meta(path)
     for name, digest in meta.get("sha256", {}).items():
         if not (path / name).exists():

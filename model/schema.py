@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from . import storage
+
 FORMAT_VERSION = 1
 FeatureKind = Literal["categorical", "numeric", "multi_hot", "hashed_bag"]
 OOV_INDEX = 0
@@ -125,16 +127,16 @@ class DatasetSchema:
 
     @classmethod
     def load(cls, path: str | Path) -> "DatasetSchema":
-        """Read a schema.json file or the schema.json inside a dataset directory.
+        """Read a schema.json file or the schema.json inside a dataset directory (local path or URI).
 
         Raises:
             SchemaError: file missing, not JSON, unknown format version or malformed fields.
         """
-        p = Path(path)
-        if p.is_dir():
-            p = p / "schema.json"
+        p = str(path)
+        if not p.endswith(".json"):
+            p = storage.join(p, "schema.json")
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(storage.read_text(p))
         except FileNotFoundError as e:
             raise SchemaError(f"{p}: no schema.json (is this a prepared dataset directory?)") from e
         except json.JSONDecodeError as e:

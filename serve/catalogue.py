@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from twotower.model import storage
+
 
 class Catalogue:
     """Item ids, titles and popularity of a dataset's catalogue.
@@ -35,11 +37,11 @@ class Catalogue:
 
     @classmethod
     def load(cls, dataset_dir: str | Path) -> "Catalogue":
-        """Read ``items.parquet``. Raises FileNotFoundError when missing."""
-        path = Path(dataset_dir) / "items.parquet"
-        names = pq.read_schema(path).names
+        """Read ``items.parquet`` (local or URI dataset). Raises FileNotFoundError when missing."""
+        fs, path = storage.resolve(storage.join(dataset_dir, "items.parquet"))
+        names = pq.read_schema(path, filesystem=fs).names
         cols = [c for c in ("item_idx", "item_id", "title", "train_count") if c in names]
-        t = pq.read_table(path, columns=cols)
+        t = pq.read_table(path, columns=cols, filesystem=fs)
         order = np.argsort(t["item_idx"].to_numpy(), kind="stable")
         ids = np.asarray(t["item_id"].to_pylist(), dtype=object)[order]
         titles = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from twotower.model import storage
 from twotower.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from twotower.model.config import ContextMode, ModelConfig
 from twotower.model.schema import DatasetSchema
@@ -32,8 +33,9 @@ def model_version(meta: dict) -> str:
     return digest[:12] if digest else "unknown"
 
 
-def resolve_dataset(meta: dict, dataset: str | Path | None, checkpoint: str | Path) -> Path:
-    """The dataset directory to serve from: ``dataset`` or the checkpoint's ``dataset_dir``.
+def resolve_dataset(meta: dict, dataset: str | Path | None, checkpoint: str | Path) -> str:
+    """The dataset directory (absolute local path or URI) to serve from: ``dataset`` or the checkpoint's
+    ``dataset_dir``.
 
     Raises:
         FileNotFoundError: neither given nor recorded, or the directory has no schema.json.
@@ -41,12 +43,12 @@ def resolve_dataset(meta: dict, dataset: str | Path | None, checkpoint: str | Pa
     path = dataset if dataset is not None else meta.get("dataset_dir")
     if not path:
         raise FileNotFoundError(f"{checkpoint}: no dataset_dir recorded in checkpoint.json; pass --dataset")
-    if not (Path(path) / "schema.json").exists():
+    if not storage.is_file(storage.join(path, "schema.json")):
         raise FileNotFoundError(f"{path}: not a prepared dataset directory (no schema.json); pass --dataset")
-    return Path(path)
+    return storage.normalize(path)
 
 
-def check_dataset(schema: DatasetSchema, dataset_schema: DatasetSchema, dataset: Path) -> None:
+def check_dataset(schema: DatasetSchema, dataset_schema: DatasetSchema, dataset: str) -> None:
     """Raise ValueError unless the dataset's vocabularies are the ones the model was trained with."""
     for name in ("num_users", "num_items", "history_length"):
         if getattr(schema, name) != getattr(dataset_schema, name):

@@ -23,12 +23,14 @@ and the model sha256, so a stale table is refused rather than silently serving o
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from twotower.model import storage
 from twotower.model.twotower import TwoTowerModel
 
 from .user_state import UserState
@@ -66,16 +68,17 @@ def build_user_cache(model: TwoTowerModel, state: UserState, batch_size: int = 4
     return out
 
 
-def save_user_cache(directory: str | Path, table: np.ndarray, model_sha256: str | None, state: UserState) -> Path:
-    """Write ``table`` and its metadata to ``directory`` (created). Returns the directory."""
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    np.save(path / ARRAY, np.ascontiguousarray(table, np.float32))
-    digest = hashlib.sha256((path / ARRAY).read_bytes()).hexdigest()
+def save_user_cache(directory: str | Path, table: np.ndarray, model_sha256: str | None, state: UserState) -> str:
+    """Write ``table`` and its metadata to ``directory`` (local path, created, or URI). Returns the directory."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(table, np.float32))
+    raw = buf.getvalue()
     meta = {"model_sha256": model_sha256, "user_state": user_state_fingerprint(state),
-            "num_users": int(table.shape[0]), "dim": int(table.shape[1]), "sha256": digest}
-    (path / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return path
+            "num_users": int(table.shape[0]), "dim": int(table.shape[1]), "sha256": hashlib.sha256(raw).hexdigest()}
+    storage.makedirs(directory)
+    storage.write_bytes(storage.join(directory, ARRAY), raw)
+    storage.write_bytes(storage.join(directory, META), json.dumps(meta, indent=2, sort_keys=True).encode())
+    return str(directory)
 
 
 def load_user_cache(directory: str | Path, model_sha256: str | None = None, state: UserState | None = None
@@ -85,17 +88,17 @@ def load_user_cache(directory: str | Path, model_sha256: str | None = None, stat
     Raises:
         UserCacheError: files missing, sha256 mismatch, or built from another model / user state.
     """
-    path = Path(directory)
+    meta_path, array_path = storage.join(directory, META), storage.join(directory, ARRAY)
     try:
-        meta = json.loads((path / META).read_text())
-        raw = (path / ARRAY).read_bytes()
+        meta = json.loads(storage.read_text(meta_path))
+        raw = storage.read_bytes(array_path)
     except FileNotFoundError as e:
-        raise UserCacheError(f"{e.filename}: missing (not a user cache directory)") from e
+        raise UserCacheError(f"{e.filename or directory}: missing (not a user cache directory)") from e
     if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-        raise UserCacheError(f"{path / ARRAY}: sha256 mismatch (file corrupted or modified)")
+        raise UserCacheError(f"{array_path}: sha256 mismatch (file corrupted or modified)")
     if model_sha256 is not None and meta.get("model_sha256") != model_sha256:
-        raise UserCacheError(f"{path / META}: built for model {str(meta.get('model_sha256'))[:12]}, "
+        raise UserCacheError(f"{meta_path}: built for model {str(meta.get('model_sha256'))[:12]}, "
                              f"serving model is {model_sha256[:12]}")
     if state is not None and meta.get("user_state") != user_state_fingerprint(state):
-        raise UserCacheError(f"{path / META}: built from other user histories (dataset changed); rebuild it")
-    return np.load(path / ARRAY)
+        raise UserCacheError(f"{meta_path}: built from other user histories (dataset changed); rebuild it")
+    return np.load(io.BytesIO(raw), allow_pickle=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from twotower.model import storage
 from twotower.model.schema import OOV_INDEX, DatasetSchema
 
 from .context import read_vocab
@@ -50,16 +51,19 @@ class UserState:
         Raises:
             FileNotFoundError: the dataset has no ``vocab/users.parquet``.
         """
-        root = Path(dataset_dir)
+        root = storage.normalize(dataset_dir)
         schema = schema or DatasetSchema.load(root)
         vocab = read_vocab(root, "users")
         if vocab is None:
-            raise FileNotFoundError(f"{root / 'vocab' / 'users.parquet'}: missing (not a prepared dataset?)")
+            raise FileNotFoundError(f"{storage.join(root, 'vocab', 'users.parquet')}: missing (not a prepared dataset?)")
         users, items, ts, split = [], [], [], []
         for code, name in enumerate(SPLITS):
-            if not (root / "interactions" / name).exists():
+            files = storage.files_with_suffix(storage.join(root, "interactions", name), ".parquet")
+            if not files:
                 continue
-            t = pq.read_table(root / "interactions" / name, columns=["user_idx", "item_idx", "timestamp"])
+            fs, _ = storage.resolve(root)
+            t = pq.read_table([storage.resolve(f)[1] for f in files], filesystem=fs,
+                              columns=["user_idx", "item_idx", "timestamp"])
             users.append(t["user_idx"].to_numpy()), items.append(t["item_idx"].to_numpy())
             ts.append(t["timestamp"].to_numpy()), split.append(np.full(t.num_rows, code, np.int8))
         u = np.concatenate(users) if users else np.zeros(0, np.int32)

@@ -1,10 +1,15 @@
-"""Session-wide fixtures: one local Ray runtime and the prepared datasets shared by every test.
+"""Session-wide fixtures: one local Ray runtime, a real S3 store, and the prepared datasets shared by every test.
 
 ``ray_cluster`` starts Ray once per test session (a Ray start costs ~10-15 s on a 2-core machine) and
 shuts it down at the end. It has 4 logical CPUs (2 training workers + 2 for Ray Data tasks; with
 only as many CPUs as workers, Ray Data starves and ``fit`` hangs), a 500 MB object store, and the
 dashboard on: Ray Train V2's placement-group cleaner polls the state API that the dashboard serves
 (without it, it logs a warning every second and cannot clean up after a killed controller).
+
+``s3_store`` is a real S3-compatible server (moto's, in a thread of this process) on 127.0.0.1 with
+one bucket; it exports ``AWS_ENDPOINT_URL`` and test credentials, so plain ``s3://twotower-test/...``
+URIs work through pyarrow, Ray Data and every twotower job. ``ray_cluster`` depends on it: Ray's
+workers inherit the environment of the process that starts Ray, so the store must exist first.
 """
 from __future__ import annotations
 
@@ -15,7 +20,16 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_store():
+    """Base URI ``s3://twotower-test`` of the session's S3 server (see the module docstring)."""
+    from s3_server import s3_server
+
+    with s3_server() as (base, _env):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_store):
     """The local Ray runtime shared by all Ray tests (yields ``ray.cluster_resources()``)."""
     import ray
 

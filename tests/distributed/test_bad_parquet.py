@@ -3,6 +3,8 @@
 Damage found from the footer (garbage bytes, truncated file, missing column, wrong column type) is
 caught before Ray starts; ``skip_bad_files`` leaves such files out, logs and records them. A bad data
 page behind a valid footer fails the run, and the error names the file too (no hang, no skip).
+The same holds for a dataset on S3 (``s3_store``): the skip-bad-files run reads its dataset from
+``s3://`` and writes its run (Ray Train checkpoints and the artifacts) to ``s3://``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from twotower.data.errors import DataFormatError
 from twotower.distributed.config import TrainConfig
 from twotower.distributed.index_embed import check_item_files
 from twotower.distributed.trainer import TwoTowerTrainer
+from twotower.model import storage
+from twotower.model.checkpoint import load_checkpoint
 
 
 def _config(tmp_path, **overrides) -> TrainConfig:
@@ -85,6 +89,16 @@ def test_footer_damage_fails_before_ray_starts_naming_the_file(dataset, tmp_path
     assert not (tmp_path / "runs" / "bad").exists()              # nothing was started
 
 
+def test_footer_damage_on_s3_fails_before_ray_starts_naming_the_uri(dataset, tmp_path, s3_store):
+    _damage(dataset / "interactions" / "valid" / "part-00001.parquet", "truncated")
+    uri = f"{s3_store}/footer-damage/dataset"
+    storage.upload_dir(dataset, uri, last="schema.json")
+    with pytest.raises(DataFormatError, match="not a readable parquet file") as info:
+        TwoTowerTrainer(_config(tmp_path)).fit(uri)
+    assert info.value.path == f"{uri}/interactions/valid/part-00001.parquet"
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
 def test_cli_flags_and_a_bad_file_exit_2_naming_it(dataset, tmp_path, capsys):
     from twotower.jobs import train as train_job
 
@@ -120,21 +134,36 @@ def test_index_job_item_check_names_the_file(dataset, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.timeout(400)
-def test_skip_bad_files_trains_on_the_rest_and_records_them(ray_cluster, dataset, tmp_path, caplog):
-    bad_train = dataset / "interactions" / "train" / "part-00001.parquet"
-    bad_valid = dataset / "interactions" / "valid" / "part-00000.parquet"
-    _damage(bad_train, "garbage")
-    _damage(bad_valid, "missing_column")
+def test_skip_bad_files_trains_on_the_rest_and_records_them_all_on_s3(ray_cluster, s3_store, dataset, tmp_path,
+                                                                        caplog, monkeypatch):
+    _damage(dataset / "interactions" / "train" / "part-00001.parquet", "garbage")
+    _damage(dataset / "interactions" / "valid" / "part-00000.parquet", "missing_column")
     good_valid_rows = pq.ParquetFile(dataset / "interactions" / "valid" / "part-00001.parquet").metadata.num_rows
+    uri, runs = f"{s3_store}/skip-bad/dataset", f"{s3_store}/skip-bad/runs"
+    storage.upload_dir(dataset, uri, last="schema.json")
+    bad_train, bad_valid = f"{uri}/interactions/train/part-00001.parquet", f"{uri}/interactions/valid/part-00000.parquet"
+    monkeypatch.chdir(tmp_path)                                  # nothing may land in the working directory
     with caplog.at_level(logging.WARNING, logger="twotower.distributed.trainer"):
-        result = TwoTowerTrainer(_config(tmp_path, skip_bad_files=True)).fit(dataset)
+        result = TwoTowerTrainer(_config(tmp_path, skip_bad_files=True, storage_path=runs)).fit(uri)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(str(bad_train) in w and "not a readable parquet file" in w for w in warnings)
-    assert any(str(bad_valid) in w and "missing column 'history'" in w for w in warnings)
+    assert any(bad_train in w and "not a readable parquet file" in w for w in warnings)
+    assert any(bad_valid in w and "missing column 'history'" in w for w in warnings)
     assert result.metrics["valid_count"] == good_valid_rows      # the skipped file's queries are not ranked
-    assert {b["path"] for b in result.skipped_files} == {str(bad_train), str(bad_valid)}
-    summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["skipped_files"] == result.skipped_files
+    assert {b["path"] for b in result.skipped_files} == {bad_train, bad_valid}
+
+    # the run lives in the bucket: Ray Train's epoch checkpoint and every artifact, nothing local
+    assert result.run_dir == f"{runs}/bad" and result.best_checkpoint == f"{runs}/bad/best_checkpoint"
+    files = storage.list_files(result.run_dir)
+    assert {"summary.json", "metrics.csv", "config.yaml", "training_curves.png", "best_checkpoint/model.pt",
+            "epoch_0001/model.pt"} <= set(files), files
+    summary = json.loads(storage.read_text(f"{runs}/bad/summary.json"))
+    assert summary["skipped_files"] == result.skipped_files and summary["dataset_dir"] == uri
+    assert summary["best_checkpoint"] == result.best_checkpoint
+    assert storage.read_text(f"{runs}/bad/metrics.csv").splitlines()[1].startswith("1,")
+    loaded = load_checkpoint(result.best_checkpoint)
+    assert loaded.meta["dataset_dir"] == uri and loaded.meta["epoch"] == 1
+    assert storage.sha256(f"{runs}/bad/best_checkpoint/model.pt") == storage.sha256(f"{runs}/bad/epoch_0001/model.pt")
+    assert list(tmp_path.iterdir()) == [tmp_path / "dataset"]
 
 
 @pytest.mark.ray

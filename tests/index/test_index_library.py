@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from twotower.index import (IndexBuildError, IndexFormatError, Manifest, ShardedIndex, ann_rank_scores,
-                            build_local_index, exact_topk, index_recall, shard_of, storage)
+                            build_local_index, exact_topk, index_recall, shard_of)
+from twotower.model import storage
 
 D = 16
 

@@ -1,5 +1,11 @@
 """Paths that may be local or any pyarrow filesystem URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``).
 
+Every stage reads and writes through these helpers, so datasets, checkpoints, runs and indexes may
+live on an object store: small files (schema.json, checkpoint.json, feature tables, vocabularies) are
+read through ``pyarrow.fs``, parquet splits are streamed from it, and what must be a local file
+(``torch.load``, FAISS, matplotlib) is copied to or from a local temporary file. Credentials and
+endpoints come from the usual environment (``AWS_*``, ``AWS_ENDPOINT_URL``, ``GOOGLE_*``), as for pyarrow.
+
 Every index file is written to a local temporary file first (FAISS writes local files) and copied
 through ``pyarrow.fs``; reading works the same way in reverse. :func:`publish` moves a staging
 directory into place (see its docstring for what "atomic" means on object stores).
@@ -31,6 +37,16 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(s)
 
 
+def normalize(path: str | os.PathLike) -> str:
+    """A URI unchanged; a local path made absolute (workers on other processes resolve it the same)."""
+    return str(path) if is_uri(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def parent(path: str | os.PathLike) -> str:
+    """The directory holding ``path`` (a URI stays a URI; a local path is made absolute first)."""
+    return normalize(path).rstrip("/").rsplit("/", 1)[0]
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     """Join path components with ``/`` (works for URIs and POSIX paths)."""
     out = str(base).rstrip("/")
@@ -42,6 +58,16 @@ def join(base: str | os.PathLike, *parts: str) -> str:
 def exists(path: str | os.PathLike) -> bool:
     fs, p = resolve(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
 
 
 def is_nonempty(path: str | os.PathLike) -> bool:
@@ -75,11 +101,26 @@ def list_files(path: str | os.PathLike) -> list[str]:
     return sorted(i.path[len(root):] for i in infos if i.type == pafs.FileType.File)
 
 
+def files_with_suffix(directory: str | os.PathLike, suffix: str) -> list[str]:
+    """Sorted full paths (URIs for a URI ``directory``) of the files directly in ``directory`` whose name
+    ends with ``suffix``; empty when the directory is missing. Hidden files (``.``, ``_``) are skipped."""
+    fs, p = resolve(directory)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
+                   and not i.base_name.startswith((".", "_")))
+    return [join(directory, n) if is_uri(directory) else os.path.join(p, n) for n in names]
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     """Whole file contents. Raises FileNotFoundError when missing."""
     fs, p = resolve(path)
     with fs.open_input_stream(p) as f:
         return f.read()
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Whole file as UTF-8 text. Raises FileNotFoundError when missing."""
+    return read_bytes(path).decode("utf-8")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -95,6 +136,17 @@ def upload(local: str | os.PathLike, dest: str | os.PathLike) -> None:
     with open(local, "rb") as src, fs.open_output_stream(p) as out:
         while block := src.read(CHUNK):
             out.write(block)
+
+
+def upload_dir(local: str | os.PathLike, dest: str | os.PathLike, last: str | None = None) -> None:
+    """Copy every file under local directory ``local`` into ``dest`` (local path or URI), keeping relative
+    paths; ``last`` (a relative path, e.g. ``schema.json``) is copied after every other file, so a
+    reader that waits for it never sees it before the files it describes."""
+    root = Path(local)
+    files = sorted((p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
+                   key=lambda rel: rel == last)
+    for rel in files:
+        upload(root / rel, join(dest, rel))
 
 
 def download(src: str | os.PathLike, local: str | os.PathLike) -> None:
