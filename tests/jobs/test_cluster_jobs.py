@@ -5,6 +5,10 @@ from the pytest session's own Ray runtime), then prepare -> train -> index -> ev
 the Job Submission API over HTTP with the repository as ``working_dir``, exactly as
 ``ray job submit --working-dir . -- <entrypoint>`` does. Training uses 2 workers with
 ``placement_strategy=SPREAD``; the state API must show its RayTrainWorker actors on both nodes.
+
+As on a real cluster, whose nodes share no disk, every input and output is a URI on an object store:
+the session's S3 server (``s3_store``, whose endpoint and credentials both nodes inherit from this
+process's environment). Nothing is read from or written to a local path.
 """
 from __future__ import annotations
 
@@ -40,10 +44,12 @@ def run_job(client, entrypoint: str, timeout: float) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(tmp_path):
+def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store, tmp_path):
     from ray.job_submission import JobSubmissionClient
 
+    from twotower.distributed.evaluate import evaluate
     from twotower.index import Manifest, ShardedIndex
+    from twotower.model import storage
 
     address_before = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
     cluster = LocalCluster(cpus_per_node=3).start()
@@ -51,7 +57,8 @@ def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(tmp_path):
         nodes = {n["node_id"] for n in cluster.alive_nodes()}
         assert len(nodes) == 2
         client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.headers)
-        data, runs, index = tmp_path / "data", tmp_path / "runs", tmp_path / "index"
+        base = f"{s3_store}/two-node"
+        data, runs, index, eval_json = f"{base}/data", f"{base}/runs", f"{base}/index", f"{base}/eval.json"
 
         run_job(client, f"python -m twotower.jobs.prepare synthetic --users 300 --items 120 --interactions 9000 "
                         f"--history-length 10 --out {data}", timeout=180)
@@ -62,7 +69,7 @@ def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(tmp_path):
         run_job(client, f"python -m twotower.jobs.index --checkpoint {runs}/two-node/best_checkpoint "
                         f"--dataset {data} --out {index} --shards 2 --actors 2 --batch-size 64", timeout=240)
         logs = run_job(client, f"twotower evaluate --checkpoint {runs}/two-node/best_checkpoint --dataset {data} "
-                               f"--ks 10 --index {index} --out {tmp_path / 'eval.json'}", timeout=180)
+                               f"--ks 10 --index {index} --out {eval_json}", timeout=180)
 
         # training used both nodes: the state API (over HTTP, with the token) lists the RayTrainWorker actors
         # by worker group (placement group); a loaded host can make Ray Train restart a slow-starting group,
@@ -78,13 +85,21 @@ def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(tmp_path):
     assert not cluster.leftover_pids()
     assert (ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None) == address_before
 
-    # artifacts written by the jobs
-    summary = json.loads((runs / "two-node" / "summary.json").read_text())
-    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
-    assert (runs / "two-node" / "best_checkpoint" / "checkpoint.json").is_file()
-    assert Path(summary["best_checkpoint"]) == runs / "two-node" / "best_checkpoint"
-    manifest = Manifest.read(str(index))
+    # artifacts written by the jobs, all in the bucket
+    summary = json.loads(storage.read_text(f"{runs}/two-node/summary.json"))
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1 and summary["dataset_dir"] == data
+    assert summary["best_checkpoint"] == f"{runs}/two-node/best_checkpoint"
+    assert {"config.yaml", "metrics.csv", "training_curves.png", "best_checkpoint/checkpoint.json",
+            "epoch_0001/model.pt"} <= set(storage.list_files(f"{runs}/two-node"))
+    manifest = Manifest.read(index)
     assert len(manifest.shards) == 2 and manifest.num_items == 120
     assert ShardedIndex.load(index).num_items == 120          # verifies every file's sha256
-    result = json.loads((tmp_path / "eval.json").read_text())
+    result = json.loads(storage.read_text(eval_json))
     assert result["num_queries"] == 300 and result["index_recall@10"] == pytest.approx(1.0)
+    # the evaluate job's metrics from URIs equal an in-process evaluation of local copies
+    checkpoint, dataset = tmp_path / "checkpoint", tmp_path / "dataset"
+    for uri, local in ((summary["best_checkpoint"], checkpoint), (data, dataset)):
+        for rel in storage.list_files(uri):
+            local.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
+            storage.download(f"{uri}/{rel}", local / rel)
+    assert evaluate(checkpoint, dataset, split="test", ks=[10])["model"] == result["model"]

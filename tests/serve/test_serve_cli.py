@@ -7,16 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from twotower.jobs import serve as serve_job
+from twotower.model import storage
 from twotower.serve.app import build_app
 from twotower.serve.config import AppArgs
 
-from serve_helpers import wait_for_cli_ready
+from serve_helpers import assert_same_ranking, wait_for_cli_ready
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "serve" / "config.example.yaml"
 
@@ -57,32 +59,51 @@ def test_bad_inputs_exit_2(user_tower_artifacts, trilinear_artifacts, tmp_path, 
     assert serve_job.main(["--checkpoint", str(ut.checkpoint)]) == 2
 
 
-def test_write_user_cache(trilinear_artifacts, tmp_path):
+def test_write_user_cache(trilinear_artifacts, tmp_path, s3_store):
     from twotower.serve.loading import load_encoder
+    from twotower.serve.user_cache import UserCacheError
     art = trilinear_artifacts
     assert serve_job.main(["--checkpoint", str(art.checkpoint), "--write-user-cache", str(tmp_path / "uc")]) == 0
     enc, _ = load_encoder(art.checkpoint, art.dataset, user_cache=tmp_path / "uc")
     fresh, _ = load_encoder(art.checkpoint, art.dataset)
     assert (enc.user_cache == fresh.user_cache).all()
+    uri = f"{s3_store}/user-cache/uc"                                # the same through an object store
+    assert serve_job.main(["--checkpoint", str(art.checkpoint), "--write-user-cache", uri]) == 0
+    assert storage.read_bytes(f"{uri}/user_cache.npy") == (tmp_path / "uc" / "user_cache.npy").read_bytes()
+    assert (load_encoder(art.checkpoint, art.dataset, user_cache=uri)[0].user_cache == fresh.user_cache).all()
+    storage.write_bytes(f"{uri}/user_cache.npy", b"tampered")
+    with pytest.raises(UserCacheError, match=rf"^{uri}/user_cache.npy: sha256 mismatch"):
+        load_encoder(art.checkpoint, art.dataset, user_cache=uri)
 
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_cli_serves_until_interrupted(serve_apps, serve_http, tmp_path):
-    """``python -m twotower.jobs.serve`` joined to the test cluster: deploys, answers, and removes its
-    application on Ctrl-C (SIGINT)."""
+def test_cli_serves_until_interrupted(serve_apps, serve_http, s3_store, tmp_path):
+    """``python -m twotower.jobs.serve`` joined to the test cluster, with its checkpoint, index, dataset
+    and user cache on S3: deploys, answers exactly like the trilinear app served from local paths, and
+    removes its application on Ctrl-C (SIGINT)."""
     import ray
     base, options = serve_http
     art = serve_apps.trilinear                                   # 1 shard: the fewest replicas to start
-    cmd = [sys.executable, "-m", "twotower.jobs.serve", "--index", str(art.index), "--checkpoint",
-           str(art.checkpoint), "--dataset", str(art.dataset), "--port", str(options["port"]), "--num-cpus", "0.05",
+    uri = f"{s3_store}/serve-cli"
+    for name, local in (("checkpoint", art.checkpoint), ("index", art.index), ("dataset", art.dataset)):
+        storage.upload_dir(local, f"{uri}/{name}")
+    assert serve_job.main(["--checkpoint", f"{uri}/checkpoint", "--dataset", f"{uri}/dataset",
+                           "--write-user-cache", f"{uri}/user-cache"]) == 0
+    cmd = [sys.executable, "-m", "twotower.jobs.serve", "--index", f"{uri}/index", "--checkpoint",
+           f"{uri}/checkpoint", "--dataset", f"{uri}/dataset", "--user-cache", f"{uri}/user-cache",
+           "--port", str(options["port"]), "--num-cpus", "0.05",
            "--app-name", "tt-cli", "--route-prefix", "/cli", "--address", ray.get_runtime_context().gcs_address]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     try:
         wait_for_cli_ready(proc, "serving tt-cli at")
-        r = requests.post(f"{base}/cli/v1/recommend", json={"user_id": "1", "k": 3}, timeout=60)
-        assert r.status_code == 200 and len(r.json()["items"]) == 3
+        body = {"user_id": "1", "k": 5, "context": {"timestamp": 893_286_638}}
+        r = requests.post(f"{base}/cli/v1/recommend", json=body, timeout=60)
+        local = requests.post(f"{serve_apps.trilinear_url}/v1/recommend", json=body, timeout=60)
+        assert r.status_code == 200 and len(r.json()["items"]) == 5
+        want = local.json()["items"]
+        assert_same_ranking(r.json(), [it["item_id"] for it in want], np.array([it["score"] for it in want]))
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:
