@@ -44,7 +44,8 @@ class TrainConfig(BaseModel):
                             "needs one node, STRICT_SPREAD one worker per node (else the run waits for nodes)")
     gather_negatives: bool = Field(False, description="in-batch negatives from all workers (all_gather with grad)")
     seed: int = 0
-    storage_path: str = Field("runs", description="local path or pyarrow filesystem URI for checkpoints")
+    storage_path: str = Field("runs", description="local path or pyarrow filesystem URI (s3://...) holding the run "
+                                                  "directories (checkpoints and artifacts)")
     run_name: str | None = None
     resume_from: str | None = Field(None, description="checkpoint directory to resume from")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts (from the latest checkpoint) before the run fails; -1 = unlimited")

@@ -12,6 +12,7 @@ import pytest
 from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.distributed.evaluate import evaluate
 from twotower.distributed.trainer import TwoTowerTrainer
+from twotower.model import storage
 from twotower.model.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
@@ -82,12 +83,14 @@ def test_early_stopping_stops_before_epochs(fitted):
     assert len(result.history) - result.metrics["epoch"] == PATIENCE
 
 
-def test_resume_continues_at_the_next_epoch(fitted, synthetic_dataset, tmp_path):
+def test_resume_continues_at_the_next_epoch(fitted, synthetic_dataset, tmp_path, s3_store):
     cfg, first, _ = fitted
     b = first.metrics["epoch"]
+    resume_from = f"{s3_store}/resume/best_checkpoint"          # read by every worker from the object store
+    storage.upload_dir(first.best_checkpoint, resume_from)
     # lr ~ 0: the resumed epoch leaves the weights as restored, so its metric equals the checkpoint's
     resumed = TwoTowerTrainer(_config(tmp_path, run_name="resumed", epochs=b + 1, lr=1e-12, patience=0,
-                                      max_steps_per_epoch=5, resume_from=str(first.best_checkpoint))
+                                      max_steps_per_epoch=5, resume_from=resume_from)
                               ).fit(synthetic_dataset)
     epochs = [h["epoch"] for h in resumed.history]
     assert epochs == list(range(1, b + 2))                       # earlier epochs from the checkpoint + one new
@@ -97,11 +100,13 @@ def test_resume_continues_at_the_next_epoch(fitted, synthetic_dataset, tmp_path)
     assert len(rows) == b + 1
 
 
-def test_incompatible_resume_and_cluster_errors_fail_fast(fitted, synthetic_dataset, tmp_path):
+def test_incompatible_resume_and_cluster_errors_fail_fast(fitted, synthetic_dataset, tmp_path, s3_store):
     _, first, _ = fitted
     with pytest.raises(ConfigError, match="model config differs in .*hidden_dims"):
         TwoTowerTrainer(_config(tmp_path, resume_from=str(first.best_checkpoint),
                                 model={"hidden_dims": [128], "final_embedding_dim": 32})).fit(synthetic_dataset)
+    with pytest.raises(ConfigError, match=rf"resume_from: {s3_store}/nothing/checkpoint.json: missing"):
+        TwoTowerTrainer(_config(tmp_path, resume_from=f"{s3_store}/nothing")).fit(synthetic_dataset)
     with pytest.raises(ConfigError, match="already completed epoch"):
         TwoTowerTrainer(_config(tmp_path, resume_from=str(first.best_checkpoint),
                                 epochs=first.metrics["epoch"])).fit(synthetic_dataset)
