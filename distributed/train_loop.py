@@ -70,6 +70,16 @@ class TrainState:
         return cls(epoch=int(meta.get("epoch") or 0))
 
 
+def optimizer_changes(saved_train_config: dict, cfg: TrainConfig) -> list[str]:
+    """``"key=value"`` of each optimizer setting (``optimizer``, ``sparse_optimizer``) in which a
+    checkpoint's train config differs from ``cfg``; empty when its optimizer state can be restored.
+    (A different optimizer's state has other keys and shapes: SparseAdam's moments vs row-wise Adagrad's
+    one value per row.) A checkpoint from before ``sparse_optimizer`` existed counts as ``auto``."""
+    defaults = {"optimizer": cfg.optimizer, "sparse_optimizer": "auto"}
+    return [f"{key}={saved_train_config.get(key, default)}" for key, default in defaults.items()
+            if saved_train_config.get(key, default) != getattr(cfg, key)]
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     """``cfg.optimizer`` (adam / adamw / adagrad; sgd with momentum 0.9) with ``lr`` and ``weight_decay``
     over ``model``'s parameters; sparse ID tables get a sparse-capable optimizer without weight decay
@@ -136,12 +146,13 @@ def train_loop_per_worker(config: dict) -> dict:
     # feature tables and item_prob are constant buffers: synced once at init, not broadcast every step
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
     optimizer = build_optimizer(cfg, model)
-    if optimizer_state is not None and loaded.train_config.get("optimizer", cfg.optimizer) == cfg.optimizer:
+    changed = optimizer_changes(loaded.train_config, cfg) if optimizer_state is not None else []
+    if optimizer_state is not None and not changed:
         optimizer.load_state_dict(optimizer_state)                     # moments/step counts ...
         for group in optimizer.param_groups:                            # ... but lr/decay of this config
             group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif optimizer_state is not None:
-        say(f"not restoring the optimizer state: checkpoint used {loaded.train_config.get('optimizer')}")
+        say(f"not restoring the optimizer state: the checkpoint used {', '.join(changed)}")
     torch.manual_seed(cfg.seed + 7919 * rank + state.epoch)          # dropout: differs per rank
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + state.epoch)
     gather = all_gather_with_grad if cfg.gather_negatives and world > 1 else None

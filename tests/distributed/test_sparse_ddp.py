@@ -2,7 +2,8 @@
 
 Checks what the trainer relies on: DDP averages the sparse gradients of the two replicas exactly (the
 gradient each rank steps with = mean of the two local gradients), a step changes only the union of the
-two batches' rows, and the replicas stay identical with ``forward_sync_buffers=False``.
+two batches' rows, and the replicas stay identical with ``forward_sync_buffers=False``. And (in one
+process) that a resumed run restores optimizer state only when ``optimizer``/``sparse_optimizer`` match.
 """
 from __future__ import annotations
 
@@ -100,3 +101,28 @@ def test_ddp_all_reduces_sparse_grads_and_replicas_stay_identical(tmp_path):
                 assert out[buckets][f"grad_err_{step}"] < 1e-6
             assert out[buckets]["rows_ok"]           # hashed: the rows are the users' buckets
         assert ranks[0][buckets]["digest"] == ranks[1][buckets]["digest"]
+
+
+def test_resume_restores_optimizer_state_only_for_the_same_optimizers():
+    """A sparse_optimizer changed between runs is detected: the other optimizer's state would load without
+    complaint and then break the first step (control below), so resuming starts that state afresh."""
+    from twotower.distributed.config import TrainConfig
+    from twotower.distributed.train_loop import optimizer_changes
+
+    saved = TrainConfig(sparse_optimizer="rowwise_adagrad").model_dump(mode="json")
+    assert optimizer_changes(saved, TrainConfig(sparse_optimizer="rowwise_adagrad")) == []
+    assert optimizer_changes(saved, TrainConfig()) == ["sparse_optimizer=rowwise_adagrad"]
+    assert optimizer_changes({**saved, "optimizer": "sgd"}, TrainConfig()) == ["optimizer=sgd",
+                                                                                "sparse_optimizer=rowwise_adagrad"]
+    assert optimizer_changes({"optimizer": "adam"}, TrainConfig()) == []      # checkpoint older than the option
+
+    model = TwoTowerModel(SCHEMA, ModelConfig())
+    rowwise = build_optimizer("adam", model, 1e-3, 0.0, "rowwise_adagrad")
+    compute_loss(model, _batch(0, 0)).loss.backward()
+    rowwise.step()
+    sparse_adam = build_optimizer("adam", model, 1e-3, 0.0, "auto")
+    sparse_adam.load_state_dict(rowwise.state_dict())                       # accepted silently ...
+    model.zero_grad()
+    compute_loss(model, _batch(0, 1)).loss.backward()
+    with pytest.raises(KeyError):                                           # ... and the step fails
+        sparse_adam.step()
