@@ -57,11 +57,11 @@ class UserState:
         if vocab is None:
             raise FileNotFoundError(f"{storage.join(root, 'vocab', 'users.parquet')}: missing (not a prepared dataset?)")
         users, items, ts, split = [], [], [], []
+        fs, _ = storage.resolve(root)
         for code, name in enumerate(SPLITS):
             files = storage.files_with_suffix(storage.join(root, "interactions", name), ".parquet")
             if not files:
                 continue
-            fs, _ = storage.resolve(root)
             t = pq.read_table([storage.resolve(f)[1] for f in files], filesystem=fs,
                               columns=["user_idx", "item_idx", "timestamp"])
             users.append(t["user_idx"].to_numpy()), items.append(t["item_idx"].to_numpy())

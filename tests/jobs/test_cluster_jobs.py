@@ -13,6 +13,7 @@ process's environment). Nothing is read from or written to a local path.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def run_job(client, entrypoint: str, timeout: float) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store, tmp_path):
+def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store):
     from ray.job_submission import JobSubmissionClient
 
     from twotower.distributed.evaluate import evaluate
@@ -97,9 +98,8 @@ def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store, tmp_path):
     result = json.loads(storage.read_text(eval_json))
     assert result["num_queries"] == 300 and result["index_recall@10"] == pytest.approx(1.0)
     # the evaluate job's metrics from URIs equal an in-process evaluation of local copies
-    checkpoint, dataset = tmp_path / "checkpoint", tmp_path / "dataset"
-    for uri, local in ((summary["best_checkpoint"], checkpoint), (data, dataset)):
-        for rel in storage.list_files(uri):
-            local.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
-            storage.download(f"{uri}/{rel}", local / rel)
-    assert evaluate(checkpoint, dataset, split="test", ks=[10])["model"] == result["model"]
+    (checkpoint, _), (dataset, _) = storage.local_copy(summary["best_checkpoint"]), storage.local_copy(data)
+    try:
+        assert evaluate(checkpoint, dataset, split="test", ks=[10])["model"] == result["model"]
+    finally:
+        shutil.rmtree(checkpoint), shutil.rmtree(dataset)
