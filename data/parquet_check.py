@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from twotower.data.errors import DataFormatError
-from twotower.model import storage
+from twotower import storage
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_o
                                  temporal_cuts, temporal_split, user_chunks)
 from twotower.data.writer import (InteractionWriter, atomic_directory, list_column, write_json,
                                   write_vocab)
-from twotower.model import storage
+from twotower import storage
 from twotower.model.schema import DatasetSchema, Feature
 
 log = logging.getLogger("twotower.data")

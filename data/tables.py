@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 from twotower.model.schema import DatasetSchema, Feature, SchemaError
 
 

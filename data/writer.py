@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 
 log = logging.getLogger("twotower.data")
 ROW_GROUP_SIZE = 65_536

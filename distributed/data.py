@@ -60,7 +60,7 @@ import torch
 from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import (BadParquetFile, check_parquet_files, find_unreadable_file,
                                          raise_for_bad_files)
-from twotower.model import storage
+from twotower import storage
 from twotower.model.batch import batch_columns, to_numpy_batch
 from twotower.model.schema import DatasetSchema
 

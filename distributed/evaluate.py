@@ -13,7 +13,7 @@ from twotower.data.tables import load_feature_tables, pad_lists
 from twotower.distributed.data import SEEN_COLUMN, eval_batch_size, split_files
 from twotower.index.recall import ann_rank_scores, index_recall
 from twotower.index.sharded import ShardedIndex
-from twotower.model import storage
+from twotower import storage
 from twotower.model.config import ContextMode
 from twotower.model.batch import batch_columns, to_tensors
 from twotower.model.checkpoint import load_checkpoint

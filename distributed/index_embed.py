@@ -25,7 +25,7 @@ import torch
 
 from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import check_parquet_file
-from twotower.model import storage
+from twotower import storage
 from twotower.index.build import shard_of
 from twotower.model.checkpoint import load_checkpoint
 

@@ -6,7 +6,7 @@
 2. Build: one Ray task per shard streams its partition twice (a random training sample for IVF/PQ,
    then ``add``), writes ``shard-K.faiss`` + ``shard-K.ids.parquet`` and returns their sha256.
 3. The driver writes ``manifest.json`` and publishes the staging directory (a hidden sibling of OUT) with
-   :func:`twotower.model.storage.publish`: a rename on local disks; on object stores the files are
+   :func:`twotower.storage.publish`: a rename on local disks; on object stores the files are
    copied with the manifest last. On any failure the staging directory is deleted and OUT is untouched,
    so a failed job never leaves an index that looks complete.
 
@@ -28,7 +28,7 @@ import ray
 from twotower.distributed.index_embed import (check_item_files, embed_items, item_paths,
                                               iter_shard, shard_rows)
 from twotower.distributed.local_ray import use_loopback_only
-from twotower.model import storage
+from twotower import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
                                   default_search_params, parse_factory)
 from twotower.index.local import checkpoint_record, make_manifest

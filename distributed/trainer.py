@@ -28,7 +28,7 @@ worker processes, dataset set-up), which counts against ``stall_timeout_s``.
 Ray Train's own ``epoch_NNNN`` checkpoint directories and state live there, and so do the artifacts
 (for a URI they are written to a local temporary directory and uploaded at the end, ``summary.json``
 last). The dataset may be a URI too: the driver and every worker read it through ``pyarrow.fs``
-(:mod:`twotower.model.storage`). Re-using a ``run_name`` whose directory holds a Ray Train snapshot
+(:mod:`twotower.storage`). Re-using a ``run_name`` whose directory holds a Ray Train snapshot
 makes Ray continue that run from its latest checkpoint.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ from twotower.distributed.data import check_splits, raise_for_unreadable_input
 from twotower.distributed.local_ray import use_loopback_only
 from twotower.distributed.train_loop import monitor_key, train_loop_per_worker
 from twotower.distributed.watchdog import ProgressTracker, TrainingStalledError, run_with_watchdog
-from twotower.model import storage
+from twotower import storage
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.model.schema import DatasetSchema
 

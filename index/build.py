@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 from .manifest import ShardInfo
 
 DEFAULT_EF_SEARCH = 128

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from twotower.model import storage
+from twotower import storage
 from .build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique, default_search_params,
                     parse_factory, shard_of)
 from .manifest import PARTITION, Manifest, ShardInfo

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from twotower.model import storage
+from twotower import storage
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

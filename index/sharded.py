@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 from .build import apply_search_params, parse_factory
 from .manifest import IndexFormatError, Manifest
 

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from twotower.jobs.common import run_standalone
-from twotower.model import storage
+from twotower import storage
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from twotower.index.manifest import IndexFormatError, Manifest
-from twotower.model import storage
+from twotower import storage
 from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
 from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
 from twotower.jobs.common import run_standalone

@@ -8,7 +8,7 @@ A checkpoint is a directory:
                       sha256 of model.pt (and optimizer.pt when present)
     optimizer.pt      optional optimizer state (for resuming), also weights_only
 
-Reading accepts a local directory or a URI (``s3://``, ``gs://``, ...; see :mod:`twotower.model.storage`):
+Reading accepts a local directory or a URI (``s3://``, ``gs://``, ...; see :mod:`twotower.storage`):
 ``checkpoint.json`` is read in place, and a URI checkpoint is copied to a local temporary directory for
 ``torch.load`` (removed afterwards). Writing is local (Ray Train uploads the epoch checkpoints).
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import storage
+from twotower import storage
 from .config import ModelConfig
 from .schema import DatasetSchema
 from .twotower import TwoTowerModel

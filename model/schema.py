@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import storage
+from twotower import storage
 
 FORMAT_VERSION = 1
 FeatureKind = Literal["categorical", "numeric", "multi_hot", "hashed_bag"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 
 
 class Catalogue:

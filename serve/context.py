@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from twotower.data.features import context_features
-from twotower.model import storage
+from twotower import storage
 from twotower.model.schema import DatasetSchema
 
 from .schema import RequestError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from twotower.model import storage
+from twotower import storage
 from twotower.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from twotower.model.config import ContextMode, ModelConfig
 from twotower.model.schema import DatasetSchema

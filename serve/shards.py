@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 from twotower.index.build import apply_search_params
 from twotower.index.manifest import MANIFEST_NAME, IndexFormatError, Manifest
 from twotower.index.sharded import ShardedIndex

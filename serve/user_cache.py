@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twotower.model import storage
+from twotower import storage
 from twotower.model.twotower import TwoTowerModel
 
 from .user_state import UserState

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from twotower.model import storage
+from twotower import storage
 from twotower.model.schema import OOV_INDEX, DatasetSchema
 
 from .context import read_vocab

@@ -13,7 +13,7 @@ from twotower.data.errors import DataFormatError
 from twotower.data.prepare import prepare_movielens
 from twotower.data.synthetic import prepare_synthetic
 from twotower.data.tables import load_feature_tables
-from twotower.model import storage
+from twotower import storage
 from twotower.model.schema import DatasetSchema
 
 

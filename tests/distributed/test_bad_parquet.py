@@ -20,7 +20,7 @@ from twotower.data.errors import DataFormatError
 from twotower.distributed.config import TrainConfig
 from twotower.distributed.index_embed import check_item_files
 from twotower.distributed.trainer import TwoTowerTrainer
-from twotower.model import storage
+from twotower import storage
 from twotower.model.checkpoint import load_checkpoint
 
 

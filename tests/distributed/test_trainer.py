@@ -12,7 +12,7 @@ import pytest
 from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.distributed.evaluate import evaluate
 from twotower.distributed.trainer import TwoTowerTrainer
-from twotower.model import storage
+from twotower import storage
 from twotower.model.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]

@@ -10,7 +10,7 @@ import pytest
 
 from twotower.index import (IndexBuildError, IndexFormatError, Manifest, ShardedIndex, ann_rank_scores,
                             build_local_index, exact_topk, index_recall, shard_of)
-from twotower.model import storage
+from twotower import storage
 
 D = 16
 

@@ -50,7 +50,7 @@ def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store):
 
     from twotower.distributed.evaluate import evaluate
     from twotower.index import Manifest, ShardedIndex
-    from twotower.model import storage
+    from twotower import storage
 
     address_before = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
     cluster = LocalCluster(cpus_per_node=3).start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.model import storage
+from twotower import storage
 from twotower.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from twotower.model.config import ModelConfig
 from twotower.model.schema import DatasetSchema, SchemaError

@@ -14,7 +14,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from twotower.jobs import serve as serve_job
-from twotower.model import storage
+from twotower import storage
 from twotower.serve.app import build_app
 from twotower.serve.config import AppArgs
 
