@@ -15,12 +15,46 @@ the node IP. Other nodes cannot join such a runtime, which is the point for a la
 To listen elsewhere (a head node that workers join): start the cluster with ``ray start`` and pass
 ``RAY_ADDRESS`` / ``--address`` (twotower then joins it and changes nothing), or set
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` before starting twotower.
+
+:func:`start_ray` is the one way every job (train, index, serve) starts or joins Ray.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+OBJECT_STORE_CAP = 2 << 30       # local runtimes: min(2 GiB, 30% of RAM) of shared memory for Ray Data blocks
+
+
+def start_ray(*, min_cpus: int = 1, dashboard: bool = False, log_to_driver: bool = True,
+              address: str | None = None):
+    """``ray.init`` for a twotower job, unless Ray is already initialised in this process.
+
+    With ``address`` or ``RAY_ADDRESS`` set, that cluster is joined and nothing about it is changed.
+    Otherwise a local runtime starts, loopback-only (:func:`use_loopback_only`), with
+    ``max(os.cpu_count(), min_cpus)`` logical CPUs (callers ask for more than the cores so that Ray
+    Data tasks always find CPUs beside training workers or actor pools: with exactly as many CPUs as
+    workers the data pipeline starves and ``fit`` hangs) and an object store of
+    ``min(OBJECT_STORE_CAP, 30% of RAM)`` bytes. ``dashboard``: start the dashboard on 127.0.0.1 (Ray
+    Train's placement-group cleaner and Serve's declarative deploy need its API).
+
+    Returns:
+        The ``RayContext`` when this call started or joined Ray (the caller then owns it and calls
+        ``ray.shutdown()``), None when Ray was already initialised (e.g. a test fixture).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+    use_loopback_only()
+    total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard,
+                    dashboard_host="127.0.0.1", logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                    object_store_memory=int(min(OBJECT_STORE_CAP, 0.3 * total_ram)))
 
 
 def use_loopback_only() -> bool:

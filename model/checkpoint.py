@@ -56,6 +56,15 @@ class LoadedCheckpoint:
     meta: dict
     optimizer_state: dict | None
 
+    @property
+    def info(self) -> "CheckpointInfo":
+        """The parsed ``checkpoint.json`` (see :class:`CheckpointInfo`; ``path`` is "")."""
+        return CheckpointInfo("", self.meta, self.schema, self.model_config)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.info.model_sha256
+
 
 def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, train_config: dict | None = None,
                     dataset_dir: str | None = None, metrics: dict | None = None, epoch: int | None = None,
@@ -85,7 +94,8 @@ def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, train_conf
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict:
-    """Read and validate ``checkpoint.json`` of a local or URI checkpoint directory.
+    """Read and validate ``checkpoint.json`` of a local or URI checkpoint directory (the raw dict;
+    :func:`read_checkpoint` parses it).
 
     Raises:
         CheckpointError: missing, not JSON, or of an unknown format version (the message names the file).
@@ -101,6 +111,85 @@ def read_checkpoint_meta(directory: str | Path) -> dict:
         raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
                               f"(expected {CHECKPOINT_FORMAT_VERSION})")
     return meta
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """``checkpoint.json`` of one checkpoint, read and parsed once (no weights loaded).
+
+    Attributes:
+        path: the checkpoint directory as given (local path or URI). meta: the raw JSON dict.
+        schema / model_config: what the model was built from. model_sha256: hex sha256 of ``model.pt``
+        ("" when not recorded); model_version: its first 12 digits ("unknown" when not recorded), the
+        version that the index manifest, the user cache and the HTTP API name.
+    """
+
+    path: str
+    meta: dict
+    schema: DatasetSchema
+    model_config: ModelConfig
+
+    @property
+    def model_sha256(self) -> str:
+        return (self.meta.get("sha256") or {}).get("model.pt") or ""
+
+    @property
+    def model_version(self) -> str:
+        return self.model_sha256[:12] or "unknown"
+
+    @property
+    def dataset_dir(self) -> str | None:
+        return self.meta.get("dataset_dir")
+
+
+def read_checkpoint(directory: str | Path) -> CheckpointInfo:
+    """:func:`read_checkpoint_meta` parsed into a :class:`CheckpointInfo`.
+
+    Raises:
+        CheckpointError: unreadable ``checkpoint.json`` or one without a valid schema / model_config.
+    """
+    meta = read_checkpoint_meta(directory)
+    try:
+        schema = DatasetSchema.from_dict(meta["schema"])
+        cfg = ModelConfig.model_validate(meta["model_config"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{storage.join(directory, 'checkpoint.json')}: no valid schema/model_config: "
+                              f"{e}") from e
+    return CheckpointInfo(str(directory), meta, schema, cfg)
+
+
+class IncompatibleDatasetError(ValueError):
+    """A dataset whose vocabularies or features are not the ones a checkpoint was trained with."""
+
+
+def check_dataset(trained: DatasetSchema, dataset: DatasetSchema, *, checkpoint: str | Path,
+                  dataset_dir: str | Path) -> None:
+    """The one checkpoint-vs-dataset check (train's ``resume_from``, evaluate, index, serve).
+
+    The model's ID tables and feature embeddings are sized by the schema it was trained on, so the
+    dataset must agree on ``num_users``, ``num_items``, ``history_length`` and every user, item and
+    context feature (name, kind, cardinality).
+
+    Raises:
+        IncompatibleDatasetError: naming the first field that differs, both values, the checkpoint and
+            the dataset.
+    """
+    def features(s: DatasetSchema, group: str) -> list[tuple]:
+        return [(f.name, f.kind, f.cardinality) for f in getattr(s, group)]
+
+    for name in ("num_users", "num_items", "history_length"):
+        ours, theirs = getattr(trained, name), getattr(dataset, name)
+        if ours != theirs:
+            raise IncompatibleDatasetError(
+                f"checkpoint {checkpoint} was trained on {name} {ours}, but {dataset_dir} has {theirs} "
+                f"(use the dataset the model was trained on)")
+    for group in ("user_features", "item_features", "context_features"):
+        ours, theirs = features(trained, group), features(dataset, group)
+        if ours != theirs:
+            diff = sorted({f[0] for f in set(ours) ^ set(theirs)})
+            raise IncompatibleDatasetError(
+                f"checkpoint {checkpoint} was trained on other {group} than {dataset_dir} has (differ in "
+                f"{diff}: name, kind or cardinality)")
 
 
 def _load_tensors(path: Path) -> dict:
@@ -119,7 +208,7 @@ def _load_tensors(path: Path) -> dict:
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu",
-                    verify: bool = True) -> LoadedCheckpoint:
+                    verify: bool = True, info: CheckpointInfo | None = None) -> LoadedCheckpoint:
     """Load a checkpoint directory written by :func:`save_checkpoint` (local path or URI).
 
     Raises:
@@ -127,10 +216,13 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
             file that is not a plain tensor pickle (objects other than tensors/containers/primitives are
             never unpickled), or a state dict that does not fit the stored schema/config. The message
             names the file as given (the URI, not the temporary copy).
+
+    ``info``: this directory's :func:`read_checkpoint`, when the caller has read it already (then
+    ``checkpoint.json`` is not read again).
     """
     local, temporary = storage.local_copy(directory)
     try:
-        return _load_local(local, map_location, verify)
+        return _load_local(local, map_location, verify, info)
     except CheckpointError as e:
         if not temporary:
             raise
@@ -140,8 +232,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
             shutil.rmtree(local, ignore_errors=True)
 
 
-def _load_local(path: Path, map_location: str | torch.device, verify: bool) -> LoadedCheckpoint:
-    meta = read_checkpoint_meta(path)
+def _load_local(path: Path, map_location: str | torch.device, verify: bool,
+                info: CheckpointInfo | None) -> LoadedCheckpoint:
+    meta = info.meta if info is not None else read_checkpoint_meta(path)
     for name, digest in meta.get("sha256", {}).items():
         if not (path / name).exists():
             raise CheckpointError(f"{path / name}: missing")
