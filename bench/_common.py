@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from twotower.data.tables import load_feature_tables, pad_lists
+from twotower.data.tables import load_feature_tables
+from twotower.model.batch import pad_lists
 from twotower.distributed.config import TrainConfig
 from twotower.distributed.train_loop import build_optimizer
 from twotower.model.batch import batch_columns, to_tensors

@@ -8,25 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower import storage
+from twotower.model.batch import pad_lists
 from twotower.model.schema import DatasetSchema, Feature, SchemaError
-
-
-def pad_lists(column: pa.ChunkedArray | pa.Array, max_length: int) -> np.ndarray:
-    """list<int> column of n rows -> int64 array (n, max_length), right-padded with 0, longer
-    lists truncated to their first ``max_length`` entries."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    out = np.zeros((n, max_length), np.int64)
-    if n == 0 or max_length == 0:
-        return out
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    lengths = np.diff(offsets)
-    row = np.repeat(np.arange(n), lengths)
-    col = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-    keep = col < max_length
-    out[row[keep], col[keep]] = values[keep]
-    return out
 
 
 def _feature_array(table: pa.Table, feat: Feature, path: str) -> np.ndarray:

@@ -14,26 +14,40 @@ def batch_columns(schema: DatasetSchema) -> list[str]:
     return ["user_idx", "item_idx", "history"] + [f.name for f in schema.context_features]
 
 
-def stack_lists(column, length: int) -> np.ndarray:
-    """Stack a column of equal- or unequal-length integer lists into an (B, length) int64 array.
+def pad_lists(column, length: int) -> np.ndarray:
+    """The one list-padding helper: a column of n integer lists -> int64 array (n, length).
 
-    Accepts a 2-D array (returned as int64), or a 1-D object array / list of 1-D sequences; shorter
-    lists are right-padded with 0 (the padding index), longer ones truncated.
+    Shorter lists are right-padded with 0 (the padding / unknown index), longer ones keep their first
+    ``length`` entries; a null row is all zeros. ``column`` may be a pyarrow ``list<int>`` Array or
+    ChunkedArray (padded without a Python loop), a 2-D integer array, or a sequence (list, 1-D object
+    array) of 1-D integer sequences or None.
     """
+    if hasattr(column, "combine_chunks"):                  # pyarrow ChunkedArray
+        column = column.combine_chunks()
+    if hasattr(column, "offsets"):                         # pyarrow ListArray
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        return _scatter(values, np.diff(offsets), length)
     if isinstance(column, np.ndarray) and column.ndim == 2:
-        out = column.astype(np.int64, copy=False)
-        if out.shape[1] == length:
-            return out
-        fixed = np.zeros((out.shape[0], length), dtype=np.int64)
-        n = min(length, out.shape[1])
-        fixed[:, :n] = out[:, :n]
-        return fixed
-    out = np.zeros((len(column), length), dtype=np.int64)
-    for i, row in enumerate(column):
-        if row is None:
-            continue
-        row = np.asarray(row, dtype=np.int64)[:length]
-        out[i, : len(row)] = row
+        out = np.zeros((column.shape[0], length), dtype=np.int64)
+        n = min(length, column.shape[1])
+        out[:, :n] = column[:, :n]
+        return out
+    rows = [np.asarray(r if r is not None else (), dtype=np.int64).ravel() for r in column]
+    values = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    return _scatter(values, np.array([len(r) for r in rows], dtype=np.int64), length)
+
+
+def _scatter(values: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
+    """Rows of ``lengths[i]`` consecutive ``values`` -> (len(lengths), length) int64, 0-padded, truncated."""
+    n = len(lengths)
+    out = np.zeros((n, length), np.int64)
+    if n == 0 or length == 0 or not len(values):
+        return out
+    row = np.repeat(np.arange(n), lengths)
+    col = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keep = col < length
+    out[row[keep], col[keep]] = values[keep]
     return out
 
 
@@ -50,7 +64,10 @@ def to_numpy_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> di
         out[name] = np.asarray(batch[name]).astype(np.int64, copy=False)
     if "history" not in batch:
         raise KeyError("batch is missing column 'history'")
-    out["history"] = stack_lists(batch["history"], schema.history_length)
+    history = batch["history"]
+    out["history"] = history.astype(np.int64, copy=False) if (
+        isinstance(history, np.ndarray) and history.ndim == 2 and history.shape[1] == schema.history_length
+    ) else pad_lists(history, schema.history_length)
     for f in schema.context_features:
         if f.name not in batch:
             raise KeyError(f"batch is missing context column {f.name!r}")

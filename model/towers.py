@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch import pad_lists
 from .config import ModelConfig
 from .embeddings import id_embedding
 from .features import FeatureEncoder, HistoryPooling, mlp
@@ -24,12 +25,10 @@ def _register_table(module: nn.Module, features: tuple[Feature, ...], rows: int,
         dtype = torch.float32 if f.kind == "numeric" else torch.int64
         value = torch.zeros(shape, dtype=dtype)
         if table is not None:
-            arr = torch.as_tensor(np.asarray(table[f.name]), dtype=dtype)
+            arr = np.asarray(table[f.name])
             if arr.ndim == 2 and arr.shape[1] != shape[1]:
-                fixed = torch.zeros(shape, dtype=dtype)
-                n = min(arr.shape[1], shape[1])
-                fixed[:, :n] = arr[:, :n]
-                arr = fixed
+                arr = pad_lists(arr, shape[1])
+            arr = torch.as_tensor(arr, dtype=dtype)
             if tuple(arr.shape) != shape:
                 raise ValueError(f"feature table {f.name!r} has shape {tuple(arr.shape)}, expected {shape}")
             value = arr

@@ -15,7 +15,8 @@ TRAIN_STEPS = 150
 @pytest.fixture(scope="session")
 def ml100k_checkpoint(ml100k_dataset, tmp_path_factory):
     """A TwoTowerModel (D=32) trained in-process for a few steps on ML-100K train, saved as a checkpoint."""
-    from twotower.data.tables import load_feature_tables, pad_lists
+    from twotower.data.tables import load_feature_tables
+    from twotower.model.batch import pad_lists
     from twotower.model.batch import to_tensors
     from twotower.model.checkpoint import save_checkpoint
     from twotower.model.config import ModelConfig

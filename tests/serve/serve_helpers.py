@@ -33,7 +33,8 @@ class Artifacts:
 
 def train_model(dataset: Path, mode: str, steps: int = TRAIN_STEPS, seed: int = 0):
     """A small TwoTowerModel (D=32) trained ``steps`` steps of in-batch softmax on ML-100K train rows."""
-    from twotower.data.tables import load_feature_tables, pad_lists
+    from twotower.data.tables import load_feature_tables
+    from twotower.model.batch import pad_lists
     from twotower.model.batch import to_tensors
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss
