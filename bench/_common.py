@@ -20,7 +20,7 @@ import torch
 from twotower.data.tables import load_feature_tables
 from twotower.model.batch import pad_lists
 from twotower.distributed.config import TrainConfig
-from twotower.distributed.train_loop import build_optimizer
+from twotower.model.optim import build_optimizer
 from twotower.model.batch import batch_columns, to_tensors
 from twotower.model.loss import compute_loss
 from twotower.model.schema import DatasetSchema
@@ -71,7 +71,7 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
     ``on_epoch(epoch, run) -> bool`` is called after every epoch outside the timed section; returning
     True stops training. Returns a :class:`PlainRun` (seconds = training time only).
     """
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
     generator = torch.Generator().manual_seed(seed)
     n, b = len(data["item_idx"]), cfg.batch_size
     run = PlainRun()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twotower.distributed.evaluate import iter_split_batches
+from twotower.evaluation import iter_split_batches
 from twotower.model.schema import DatasetSchema
 
 CONTEXT = ["hour_sin", "hour_cos", "is_weekend"]        # + day-of-week one-hot

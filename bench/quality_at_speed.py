@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from twotower.distributed.evaluate import evaluate
+    from twotower.evaluation import evaluate
     from twotower.distributed.trainer import TwoTowerTrainer
     work = Path(args.work)
     ds = Path(args.dataset) if args.dataset else work / args.prepare

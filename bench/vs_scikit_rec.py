@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from _common import build_model, load_split_tensors, machine_line, plain_train, write_docs_section  # noqa: E402
 from _skrec_data import write_skrec_inputs  # noqa: E402
 from twotower.distributed.config import TrainConfig  # noqa: E402
-from twotower.distributed.evaluate import iter_split_batches  # noqa: E402
+from twotower.evaluation import iter_split_batches  # noqa: E402
 from twotower.model.batch import to_tensors  # noqa: E402
 from twotower.model.metrics import RankingAccumulator  # noqa: E402
 
@@ -183,7 +183,7 @@ def run_plain(args, ds: Path, name: str, cfg: TrainConfig, test: TestQueries, va
 
 
 def run_ray(args, ds: Path, cfg: TrainConfig, epochs: int, target_hr: float) -> dict:
-    from twotower.distributed.evaluate import evaluate
+    from twotower.evaluation import evaluate
     from twotower.distributed.trainer import TwoTowerTrainer
     cfg = cfg.model_copy(update={"epochs": epochs, "patience": 0, "num_workers": 1, "cpus_per_worker": 1.0,
                                  "storage_path": str(Path(args.work) / "ray"),

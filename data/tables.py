@@ -35,10 +35,11 @@ def _read(path: str, rows: int, index_col: str) -> pa.Table:
     return table
 
 
-def load_feature_tables(dataset_dir: str | Path
+def load_feature_tables(dataset_dir: str | Path, schema: DatasetSchema | None = None
                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Load the user and item feature tables of a prepared dataset; row i is index i (row 0 =
-    unknown user/item, all zeros).
+    unknown user/item, all zeros). ``schema``: the dataset's schema when the caller has read it
+    already (else ``schema.json`` is read).
 
     Returns:
         ``(user_table, item_table)``, dicts keyed by feature name (every user feature / item feature
@@ -53,7 +54,7 @@ def load_feature_tables(dataset_dir: str | Path
         SchemaError: missing/invalid schema.json, users/items.parquet missing, a feature column missing, or row count/order of
             ``users.parquet``/``items.parquet`` not matching the schema.
     """
-    schema = DatasetSchema.load(dataset_dir)
+    schema = schema if schema is not None else DatasetSchema.load(dataset_dir)
     users_path, items_path = storage.join(dataset_dir, "users.parquet"), storage.join(dataset_dir, "items.parquet")
     users = _read(users_path, schema.num_users, "user_idx")
     items = _read(items_path, schema.num_items, "item_idx")

@@ -55,9 +55,21 @@ class TrainConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
 
+    @property
+    def eval_cutoffs(self) -> list[int]:
+        """Cut-offs evaluated on the validation split: ``eval_ks`` plus ``monitor_k``, sorted."""
+        return sorted(set(self.eval_ks) | {self.monitor_k})
+
+    @property
+    def monitor_key(self) -> str:
+        """Reported metric that early stopping and checkpoint ranking use, e.g. ``valid_recall@10``."""
+        return f"valid_recall@{self.monitor_k}"
+
     @classmethod
-    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "TrainConfig":
-        """Load ``path`` (YAML mapping; None = defaults) then apply ``key=value`` overrides.
+    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+                  flags: dict[str, Any] | None = None) -> "TrainConfig":
+        """Load ``path`` (YAML mapping; None = defaults), apply ``key=value`` overrides, then ``flags``
+        (top-level keys, e.g. from the command line's ``--epochs``); validated once.
 
         Values are parsed as YAML (``hidden_dims=[128,64]``, ``use_gpu=true``). Keys of
         :class:`ModelConfig` may be given bare or as ``model.key``.
@@ -75,14 +87,7 @@ class TrainConfig(BaseModel):
                 raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         data = {**data, "model": dict(data.get("model") or {})}
         for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            key = key.strip().removeprefix("--")
-            if not sep or not key:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+            key, value = _parse_override(item)
             if key.startswith("model."):
                 data["model"][key[len("model."):]] = value
             elif key in cls.model_fields:
@@ -91,6 +96,11 @@ class TrainConfig(BaseModel):
                 data["model"][key] = value
             else:
                 raise ConfigError(f"unknown config key {key!r}")
+        return cls.validated({**data, **(flags or {})})
+
+    @classmethod
+    def validated(cls, data: dict[str, Any]) -> "TrainConfig":
+        """``model_validate`` with the first pydantic error as a ConfigError naming the key."""
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -100,3 +110,15 @@ class TrainConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, YAML-parsed value). Raises ConfigError."""
+    key, sep, raw = item.partition("=")
+    key = key.strip().removeprefix("--")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e

@@ -30,8 +30,9 @@ epoch k, epoch k + j reads the files in the order of epoch j of an undisturbed r
 still read once per epoch; the local shuffle seed uses the absolute epoch and is unaffected. (Block
 assignment by ``streaming_split`` is dynamic, so rows per worker differ between runs anyway.)
 
-Input checks (``check_splits``): before anything starts, every parquet footer of a split is read
-and its columns are checked against the schema (``split_required_columns``); a bad file raises
+Input checks (``twotower.data.splits.check_splits``, run by the driver): before anything starts,
+every parquet footer of a split is read and its columns are checked against the schema
+(``split_required_columns``); a bad file raises
 ``DataFormatError`` naming it, or is left out when ``skip_bad_files`` is set.
 
 Why the V1 parquet datasource: Ray 2.60 defaults to ``use_datasource_v2``, whose per-execution
@@ -51,78 +52,19 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import ray.data
 import ray.train
 import torch
 
 from twotower.data.errors import DataFormatError
-from twotower.data.parquet_check import (BadParquetFile, check_parquet_files, find_unreadable_file,
-                                         raise_for_bad_files)
-from twotower import storage
-from twotower.model.batch import batch_columns, to_numpy_batch
+from twotower.data.parquet_check import find_unreadable_file
+from twotower.data.splits import SEEN_COLUMN, split_files, split_required_columns
+from twotower.model.batch import as_tensors, batch_columns, to_numpy_batch
+from twotower.model.metrics import EVAL_BATCH_SIZE
 from twotower.model.schema import DatasetSchema
 
-SEEN_COLUMN = "seen_items"
 EVAL_ROWS_PER_BLOCK = 256
-EVAL_BATCH_SIZE = 512
-EVAL_SCORES_PER_BATCH = 1 << 25     # 32M float32 scores = 128 MiB per (batch x catalogue) score matrix
-
-
-def split_files(dataset_dir: str | Path, split: str) -> list[str]:
-    """Sorted parquet files of ``DATASET/interactions/<split>`` (absolute paths, or URIs for a URI dataset).
-
-    Raises:
-        FileNotFoundError: the split has no parquet file.
-    """
-    directory = storage.join(storage.normalize(dataset_dir), "interactions", split)
-    files = storage.files_with_suffix(directory, ".parquet")
-    if not files:
-        raise FileNotFoundError(f"{directory}: no parquet files (is {dataset_dir} a prepared dataset?)")
-    return files
-
-
-def split_num_rows(dataset_dir: str | Path, split: str) -> int:
-    """Row count of a split from the parquet footers (no data read)."""
-    total = 0
-    for path in split_files(dataset_dir, split):
-        fs, inner = storage.resolve(path)
-        total += pq.ParquetFile(inner, filesystem=fs).metadata.num_rows
-    return total
-
-
-def split_required_columns(schema: DatasetSchema, split: str) -> dict[str, str]:
-    """Columns (name -> kind, see ``twotower.data.parquet_check``) a split's files must have."""
-    cols = {"user_idx": "integer", "item_idx": "integer", "history": "integer_list"}
-    cols.update({f.name: "number" if f.kind == "numeric" else "integer" for f in schema.context_features})
-    if split != "train":
-        cols[SEEN_COLUMN] = "integer_list"
-    return cols
-
-
-def check_splits(dataset_dir: str | Path, schema: DatasetSchema, splits: tuple[str, ...] = ("train", "valid"),
-                 skip_bad_files: bool = False) -> tuple[dict[str, list[str]], dict[str, int], list[BadParquetFile]]:
-    """Footer + column check of every parquet file of ``splits`` (no data read).
-
-    Returns ``(files per split, rows per split, skipped files)``; ``skipped`` is empty unless
-    ``skip_bad_files``.
-
-    Raises:
-        DataFormatError: a bad file (garbage, truncated, missing column, wrong type) without
-            ``skip_bad_files``, or no usable file left in a split; the message names the file.
-        FileNotFoundError: a split has no parquet files.
-    """
-    files, rows, skipped = {}, {}, []
-    for split in splits:
-        good, n, bad = check_parquet_files(split_files(dataset_dir, split), split_required_columns(schema, split))
-        if not skip_bad_files:
-            raise_for_bad_files(bad, hint="; fix or remove it, or set skip_bad_files=true to leave bad files out")
-        if not good:
-            raise_for_bad_files(bad, hint=f"; no usable file left in the {split} split")
-        files[split], rows[split] = good, n
-        skipped += bad
-    return files, rows, skipped
 
 
 def raise_for_unreadable_input(error: BaseException, files: dict[str, list[str]], schema: DatasetSchema) -> None:
@@ -248,19 +190,11 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
         local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
 
 
-def eval_batch_size(num_items: int) -> int:
-    """Rows per full-ranking evaluation batch: ``EVAL_BATCH_SIZE``, lowered so that the (rows, num_items)
-    float32 score matrix stays within ``EVAL_SCORES_PER_BATCH`` (128 MiB): 512 rows up to 65k items,
-    32 rows at 1M items, at least 8."""
-    return int(max(8, min(EVAL_BATCH_SIZE, EVAL_SCORES_PER_BATCH // max(num_items, 1))))
-
-
-def iter_eval_batches(shard, schema: DatasetSchema, batch_size: int = EVAL_BATCH_SIZE,
-                      device: torch.device | str = "cpu"
+def iter_eval_batches(shard, batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"
                       ) -> Iterator[tuple[dict[str, torch.Tensor], list[np.ndarray]]]:
-    """This worker's evaluation batches: (model input tensors, ``seen_items`` as B int64 arrays)."""
+    """This worker's evaluation batches: (model input tensors, ``seen_items`` as B int64 arrays).
+
+    The rows come converted by the pipeline's ``preprocess_batch``; they are only made tensors here."""
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
         seen = [np.asarray(s, dtype=np.int64) for s in batch.pop(SEEN_COLUMN)]
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
-                   for k, v in to_numpy_batch(batch, schema).items()}
-        yield tensors, seen
+        yield as_tensors(batch, device), seen

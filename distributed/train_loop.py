@@ -6,10 +6,15 @@ metric of ``RankingAccumulator.finalize`` (``valid_recall@10``, ``valid_ndcg@10`
 ``valid_sampled_hr@10``, ...), ``steps`` (per worker), ``seconds`` (epoch wall time),
 ``examples_per_s`` (training examples of all workers per training second), ``best_epoch``,
 ``best_valid_recall@k`` and ``stop`` (1 when early stopping ends the run after this epoch).
+
+The loop reads top to bottom: :func:`setup` (seed, model, restored state, DDP, optimizer), then the
+epoch loop whose step is ``batch -> compute_loss -> backward -> step``, then validation and the
+report. Ray-specific pieces sit at the edges: :func:`restore` (Ray's own checkpoint after a worker
+failure, or ``resume_from``), the dataset shards, and :func:`report` (metrics + rank 0's checkpoint).
+Everything about the run comes resolved from the driver (:class:`~twotower.distributed.run.ResolvedRun`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -17,7 +22,8 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import ray.train
@@ -27,75 +33,25 @@ import torch
 from twotower.data.tables import load_feature_tables
 from twotower.distributed.collective import (all_gather_object, all_gather_with_grad, all_reduce_sums,
                                              weight_digest)
-from twotower.distributed.config import TrainConfig
-from twotower.distributed.data import eval_batch_size, iter_eval_batches, iter_train_batches
+from twotower.distributed.data import iter_eval_batches, iter_train_batches
+from twotower.distributed.run import ResolvedRun
+from twotower.distributed.train_state import TrainState, optimizer_changes
 from twotower.distributed.watchdog import ProgressReporter
-from twotower.model.checkpoint import load_checkpoint, save_checkpoint
+from twotower.model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from twotower.model.loss import compute_loss
-from twotower.model.metrics import RankingAccumulator
-from twotower.model.optim import build_optimizer as build_model_optimizer
+from twotower.model.metrics import RankingAccumulator, eval_batch_size
+from twotower.model.optim import build_optimizer
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
 
 LOG_EVERY_STEPS = 50
-SAMPLED_NEGATIVES = 100
-
-
-def eval_ks(cfg: TrainConfig) -> list[int]:
-    """Cut-offs evaluated on the validation split: ``eval_ks`` plus ``monitor_k``, sorted."""
-    return sorted(set(cfg.eval_ks) | {cfg.monitor_k})
-
-
-def monitor_key(cfg: TrainConfig) -> str:
-    """Reported metric that early stopping and checkpoint ranking use, e.g. ``valid_recall@10``."""
-    return f"valid_recall@{cfg.monitor_k}"
-
-
-@dataclass
-class TrainState:
-    """Everything besides weights/optimizer needed to resume: stored in the checkpoint's ``extra``."""
-
-    epoch: int = 0                      # completed epochs
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0                 # epochs since the last improvement
-    history: list[dict] = field(default_factory=list)
-    resumed_after_epochs: list[int] = field(default_factory=list)   # restarts from the run's own checkpoint
-
-    @classmethod
-    def from_checkpoint_meta(cls, meta: dict) -> "TrainState":
-        saved = (meta.get("extra") or {}).get("train_state")
-        if saved:
-            return cls(**saved)
-        return cls(epoch=int(meta.get("epoch") or 0))
-
-
-def optimizer_changes(saved_train_config: dict, cfg: TrainConfig) -> list[str]:
-    """``"key=value"`` of each optimizer setting (``optimizer``, ``sparse_optimizer``) in which a
-    checkpoint's train config differs from ``cfg``; empty when its optimizer state can be restored.
-    (A different optimizer's state has other keys and shapes: SparseAdam's moments vs row-wise Adagrad's
-    one value per row.) A checkpoint from before ``sparse_optimizer`` existed counts as ``auto``."""
-    defaults = {"optimizer": cfg.optimizer, "sparse_optimizer": "auto"}
-    return [f"{key}={saved_train_config.get(key, default)}" for key, default in defaults.items()
-            if saved_train_config.get(key, default) != getattr(cfg, key)]
-
-
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
-    """``cfg.optimizer`` (adam / adamw / adagrad; sgd with momentum 0.9) with ``lr`` and ``weight_decay``
-    over ``model``'s parameters; sparse ID tables get a sparse-capable optimizer without weight decay
-    (``cfg.sparse_optimizer``; see :func:`twotower.model.optim.build_optimizer`)."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError("build_optimizer takes the model (sparse ID tables need their own optimizer), "
-                        f"not {type(model).__name__}")
-    return build_model_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
 
 
 def train_loop_per_worker(config: dict) -> dict:
     """Train, validate and checkpoint on one Ray Train worker; returns a summary (rank 0's is kept).
 
-    ``config`` keys: ``train_config`` (TrainConfig as a dict), ``dataset_dir``, optional ``tracker``
-    (ProgressTracker handle for the stall watchdog), ``steps_per_epoch`` (for progress lines only),
-    ``log_every`` (steps between rank-0 progress lines).
+    ``config``: ``{"run": ResolvedRun, "tracker": ProgressTracker handle or None (stall watchdog),
+    "log_every": steps between rank-0 progress lines (optional)}``.
 
     Returns ``{"history": [per-epoch metrics], "weight_digests": [sha256 of each rank's final
     weights], "best_epoch", "stopped_early", "resumed_after_epochs": [epochs after which this run
@@ -104,129 +60,158 @@ def train_loop_per_worker(config: dict) -> dict:
     Raises:
         FloatingPointError: the training loss became NaN/inf.
     """
-    cfg = TrainConfig.model_validate(config["train_config"])
-    dataset_dir = config["dataset_dir"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    progress = ProgressReporter(config.get("tracker"))
-    log_every = int(config.get("log_every") or LOG_EVERY_STEPS)
-    say = _console if rank == 0 else (lambda msg: None)
-    _quiet_report_logs()
-
-    # 1. seed (identical on every rank, so the initial weights match before DDP broadcasts rank 0's)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-
-    # 2. model from the schema and the feature tables
-    schema = DatasetSchema.load(dataset_dir)
-    user_table, item_table = load_feature_tables(dataset_dir)
-    model = TwoTowerModel(schema, cfg.model, user_table, item_table)
-
-    # 3. resume: Ray's latest checkpoint of this run (the worker group was restarted after a worker
-    #    failure; the last epoch whose report every worker made) wins over resume_from
-    state, optimizer_state = TrainState(), None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None or cfg.resume_from:
-        source = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(cfg.resume_from)
-        with source as path:
-            loaded = load_checkpoint(path)
-        model.load_state_dict(loaded.model.state_dict())
-        state, optimizer_state = TrainState.from_checkpoint_meta(loaded.meta), loaded.optimizer_state
-        if checkpoint is not None:
-            state.resumed_after_epochs.append(state.epoch)
-            say(f"resuming after epoch {state.epoch} from the run's checkpoint after a worker failure "
-                f"({os.path.basename(checkpoint.path)})")
-        else:
-            state.resumed_after_epochs = []        # restarts of this run only, not of the one resumed from
-            say(f"resuming after epoch {state.epoch} from {cfg.resume_from}")
-        progress.beat(force=True, stage="resumed", epoch=state.epoch)
-
-    # 4. DDP + optimizer (+ restored optimizer state)
-    # feature tables and item_prob are constant buffers: synced once at init, not broadcast every step
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
-    optimizer = build_optimizer(cfg, model)
-    changed = optimizer_changes(loaded.train_config, cfg) if optimizer_state is not None else []
-    if optimizer_state is not None and not changed:
-        optimizer.load_state_dict(optimizer_state)                     # moments/step counts ...
-        for group in optimizer.param_groups:                            # ... but lr/decay of this config
-            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif optimizer_state is not None:
-        say(f"not restoring the optimizer state: the checkpoint used {', '.join(changed)}")
-    torch.manual_seed(cfg.seed + 7919 * rank + state.epoch)          # dropout: differs per rank
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + state.epoch)
-    gather = all_gather_with_grad if cfg.gather_negatives and world > 1 else None
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
+    run: ResolvedRun = config["run"]
+    cfg, w = run.config, Worker.start(config)
+    model, optimizer, state = setup(run, w)
     core = getattr(model, "module", model)
+    gather = all_gather_with_grad if cfg.gather_negatives and w.world > 1 else None
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + w.rank * 7919 + state.epoch)
+    train_shard, valid_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        # 5. one pass over this worker's streaming shard
         model.train()
         steps, loss_sum, examples = 0, 0.0, 0
-        for batch in iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                        rank=rank, device=device):
-            out = compute_loss(model, batch, gather=gather, rank=rank, generator=generator)
-            if not math.isfinite(out.logs["loss"]):
-                raise FloatingPointError(f"training loss is {out.logs['loss']} at epoch {epoch} step "
-                                         f"{steps + 1} (rank {rank}); lower lr or raise temperature")
+        for batch in iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=w.rank,
+                                        device=w.device):
+            out = compute_loss(model, batch, gather=gather, rank=w.rank, generator=generator)
+            check_finite(out.logs["loss"], epoch, steps + 1, w.rank)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
             steps, loss_sum, examples = steps + 1, loss_sum + out.logs["loss"], examples + len(batch["item_idx"])
-            progress.beat(stage="train", epoch=epoch, step=steps)
-            if steps % log_every == 0:
-                rate = examples * world / (time.perf_counter() - t0)
-                say(f"epoch {epoch}/{cfg.epochs} step {steps}/{config.get('steps_per_epoch', '?')} "
-                    f"loss {loss_sum / steps:.4f} {rate:,.0f} examples/s")
-            if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
+            w.after_step(run, epoch, steps, loss_sum, examples, t0)
+            if steps >= run.steps_per_epoch:
                 break
         train_seconds = time.perf_counter() - t0
-        totals = all_reduce_sums({"loss": loss_sum, "steps": steps, "examples": examples}, device)
-
-        # 6. validation: every worker ranks its shard with the unwrapped model; sums all-reduced
-        valid = validate(core, valid_shard, schema, eval_ks(cfg), device, progress, epoch)
-
-        # 7. early stopping, decided from all-reduced metrics, so every worker takes the same decision
-        value = valid[f"recall@{cfg.monitor_k}"]
-        if value > state.best_metric:
-            state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
-        else:
-            state.bad_epochs += 1
-        stop = cfg.patience > 0 and state.bad_epochs >= cfg.patience and epoch < cfg.epochs
-        metrics = {"epoch": epoch, "train_loss": totals["loss"] / max(totals["steps"], 1.0),
-                   **{f"valid_{k}": v for k, v in valid.items()}, "steps": steps,
-                   "seconds": time.perf_counter() - t0,
-                   "examples_per_s": totals["examples"] / max(train_seconds, 1e-9),
-                   "best_epoch": state.best_epoch, f"best_{monitor_key(cfg)}": state.best_metric,
-                   "stop": int(stop)}
-        state.epoch = epoch
+        totals = all_reduce_sums({"loss": loss_sum, "steps": steps, "examples": examples}, w.device)
+        valid = validate(core, valid_shard, run.schema, cfg.eval_cutoffs, w.device, w.progress, epoch)
+        stop = state.end_epoch(epoch, valid[f"recall@{cfg.monitor_k}"], cfg)   # same on every worker
+        metrics = epoch_metrics(cfg, state, epoch, totals, valid, steps, t0, train_seconds, stop)
         state.history.append(metrics)
-        say(f"epoch {epoch}/{cfg.epochs} done: train_loss {metrics['train_loss']:.4f} "
-            f"{monitor_key(cfg)} {value:.4f} (best {state.best_metric:.4f} @ epoch {state.best_epoch}) "
-            f"{metrics['seconds']:.1f}s {metrics['examples_per_s']:,.0f} examples/s")
-
-        # 8. report; rank 0 alone writes the checkpoint (model + optimizer + TrainState)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(model, tmp, train_config=cfg.model_dump(mode="json"), dataset_dir=str(dataset_dir),
-                                metrics={k: v for k, v in metrics.items() if k.startswith("valid_")},
-                                epoch=epoch, optimizer_state=optimizer.state_dict(),
-                                extra={"train_state": dataclasses.asdict(state)})
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
-        progress.beat(force=True, stage="reported", epoch=epoch)
+        w.say(f"epoch {epoch}/{cfg.epochs} done: train_loss {metrics['train_loss']:.4f} "
+              f"{cfg.monitor_key} {metrics[cfg.monitor_key]:.4f} (best {state.best_metric:.4f} @ epoch "
+              f"{state.best_epoch}) {metrics['seconds']:.1f}s {metrics['examples_per_s']:,.0f} examples/s")
+        report(run, model, optimizer, state, metrics, w)
         if stop:
-            say(f"early stopping: no {monitor_key(cfg)} improvement for {state.bad_epochs} epochs")
+            w.say(f"early stopping: no {cfg.monitor_key} improvement for {state.bad_epochs} epochs")
             break
 
-    # 9. every rank's final weights, to check that DDP kept the replicas identical
-    digests = all_gather_object(weight_digest(core))
+    digests = all_gather_object(weight_digest(core))     # DDP must have kept the replicas identical
     return {"history": state.history, "weight_digests": digests, "best_epoch": state.best_epoch,
             "stopped_early": bool(state.history and state.history[-1]["stop"]),
             "resumed_after_epochs": state.resumed_after_epochs}
+
+
+@dataclass
+class Worker:
+    """This worker's rank, world size, device, stall-watchdog reporter and rank-0 console."""
+
+    rank: int
+    world: int
+    device: torch.device
+    progress: ProgressReporter
+    say: Callable[[str], None]
+    log_every: int = LOG_EVERY_STEPS
+
+    @classmethod
+    def start(cls, config: dict) -> "Worker":
+        _quiet_report_logs()
+        ctx = ray.train.get_context()
+        rank = ctx.get_world_rank()
+        return cls(rank, ctx.get_world_size(), ray.train.torch.get_device(), ProgressReporter(config.get("tracker")),
+                   _console if rank == 0 else (lambda msg: None), int(config.get("log_every") or LOG_EVERY_STEPS))
+
+    def after_step(self, run: ResolvedRun, epoch: int, steps: int, loss_sum: float, examples: int,
+                   t0: float) -> None:
+        """Heartbeat for the watchdog; every ``log_every`` steps a progress line (rank 0)."""
+        self.progress.beat(stage="train", epoch=epoch, step=steps)
+        if steps % self.log_every == 0:
+            rate = examples * self.world / (time.perf_counter() - t0)
+            self.say(f"epoch {epoch}/{run.config.epochs} step {steps}/{run.steps_per_epoch} "
+                     f"loss {loss_sum / steps:.4f} {rate:,.0f} examples/s")
+
+
+def setup(run: ResolvedRun, w: Worker) -> tuple[torch.nn.Module, object, TrainState]:
+    """(DDP model, optimizer, TrainState): seeded model from the run's schema and feature tables, the
+    restored weights/optimizer/state when resuming, then ``prepare_model`` and the optimizer
+    (:func:`twotower.model.optim.build_optimizer`; sparse ID tables get a sparse optimizer)."""
+    cfg = run.config
+    torch.manual_seed(cfg.seed)       # identical on every rank: initial weights match before DDP broadcasts
+    np.random.seed(cfg.seed)
+    user_table, item_table = load_feature_tables(run.dataset_dir, run.schema)
+    model = TwoTowerModel(run.schema, cfg.model, user_table, item_table)
+    state, loaded = restore(run, model, w)
+    # feature tables and item_prob are constant buffers: synced once at init, not broadcast every step
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
+    if loaded is not None and loaded.optimizer_state is not None:
+        changed = optimizer_changes(loaded.train_config, cfg)
+        if changed:
+            w.say(f"not restoring the optimizer state: the checkpoint used {', '.join(changed)}")
+        else:
+            optimizer.load_state_dict(loaded.optimizer_state)            # moments/step counts ...
+            for group in optimizer.param_groups:                          # ... but lr/decay of this config
+                group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    torch.manual_seed(cfg.seed + 7919 * w.rank + state.epoch)          # dropout: differs per rank
+    return model, optimizer, state
+
+
+def restore(run: ResolvedRun, model: TwoTowerModel, w: Worker) -> tuple[TrainState, LoadedCheckpoint | None]:
+    """Load weights and TrainState into ``model`` from Ray's latest checkpoint of this run (the worker
+    group was restarted after a worker failure: the last epoch every worker reported), which wins
+    over ``resume_from``; (fresh TrainState, None) when neither exists."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and run.resume is None:
+        return TrainState(), None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            loaded = load_checkpoint(path)
+    else:
+        loaded = load_checkpoint(run.resume.path, info=run.resume)
+    model.load_state_dict(loaded.model.state_dict())
+    state = TrainState.from_checkpoint_meta(loaded.meta)
+    if checkpoint is not None:
+        state.resumed_after_epochs.append(state.epoch)
+        w.say(f"resuming after epoch {state.epoch} from the run's checkpoint after a worker failure "
+              f"({os.path.basename(checkpoint.path)})")
+    else:
+        state.resumed_after_epochs = []        # restarts of this run only, not of the one resumed from
+        w.say(f"resuming after epoch {state.epoch} from {run.resume.path}")
+    w.progress.beat(force=True, stage="resumed", epoch=state.epoch)
+    return state, loaded
+
+
+def check_finite(loss: float, epoch: int, step: int, rank: int) -> None:
+    """Raise FloatingPointError when the training loss is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} at epoch {epoch} step {step} (rank {rank}); "
+                                 f"lower lr or raise temperature")
+
+
+def epoch_metrics(cfg, state: TrainState, epoch: int, totals: dict, valid: dict, steps: int, t0: float,
+                  train_seconds: float, stop: bool) -> dict:
+    """The metrics reported for one epoch (see the module docstring)."""
+    return {"epoch": epoch, "train_loss": totals["loss"] / max(totals["steps"], 1.0),
+            **{f"valid_{k}": v for k, v in valid.items()}, "steps": steps, "seconds": time.perf_counter() - t0,
+            "examples_per_s": totals["examples"] / max(train_seconds, 1e-9), "best_epoch": state.best_epoch,
+            f"best_{cfg.monitor_key}": state.best_metric, "stop": int(stop)}
+
+
+def report(run: ResolvedRun, model, optimizer, state: TrainState, metrics: dict, w: Worker) -> None:
+    """``ray.train.report`` the epoch's metrics; rank 0 alone writes the checkpoint (model + optimizer +
+    TrainState) as ``epoch_NNNN``."""
+    epoch = metrics["epoch"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if w.rank == 0:
+            save_checkpoint(model, tmp, train_config=run.config.model_dump(mode="json"), dataset_dir=run.dataset_dir,
+                            metrics={k: v for k, v in metrics.items() if k.startswith("valid_")},
+                            epoch=epoch, optimizer_state=optimizer.state_dict(),
+                            extra={"train_state": dataclasses.asdict(state)})
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+    w.progress.beat(force=True, stage="reported", epoch=epoch)
 
 
 def _console(msg: str) -> None:
@@ -254,9 +239,9 @@ def validate(core: TwoTowerModel, shard, schema: DatasetSchema, ks: list[int], d
     ``count`` = number of validation queries of all workers). Leaves ``core`` in train mode.
     """
     core.eval()
-    acc = RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
+    acc = RankingAccumulator(ks, schema.num_items)
     item_embs = core.all_item_embeddings()
-    for batch, seen in iter_eval_batches(shard, schema, eval_batch_size(schema.num_items), device=device):
+    for batch, seen in iter_eval_batches(shard, eval_batch_size(schema.num_items), device=device):
         acc.add(core.rank_scores(batch, item_embs), batch["item_idx"], seen, user_idx=batch["user_idx"])
         if progress is not None:
             progress.beat(stage="validate", epoch=epoch)

@@ -57,7 +57,7 @@ def format_table(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``evaluate`` command; returns the process exit code."""
-    from twotower.distributed.evaluate import evaluate
+    from twotower.evaluation import evaluate
     from twotower.model.checkpoint import CheckpointError
     from twotower.model.schema import SchemaError
 

@@ -15,8 +15,6 @@ import argparse
 import logging
 import sys
 
-from pydantic import ValidationError
-
 from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.jobs.common import run_standalone
 
@@ -56,14 +54,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from ``--config``, the overrides, then the flags. Raises ConfigError (names the key)."""
-    cfg = TrainConfig.from_yaml(args.config, list(args.overrides) + list(args.set_overrides))
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
-    try:
-        return TrainConfig.model_validate({**cfg.model_dump(), **flags})
-    except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"config key {key!r}: {first['msg']} (got {first.get('input')!r})") from e
+    return TrainConfig.from_yaml(args.config, list(args.overrides) + list(args.set_overrides), flags)
 
 
 def format_history(history: list[dict], ks: list[int], best_epoch: int) -> str:
@@ -85,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"twotower train: error: {e}", file=sys.stderr)
         return 2
-    from twotower.distributed.train_loop import eval_ks, monitor_key
     from twotower.distributed.trainer import TwoTowerTrainer
     from twotower.data.errors import DataFormatError
     from twotower.distributed.watchdog import TrainingStalledError
@@ -104,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"twotower train: training failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     best = result.metrics
-    print(format_history(result.history, eval_ks(cfg), best["epoch"]))
-    print(f"best epoch {best['epoch']}: {monitor_key(cfg)} = {best[monitor_key(cfg)]:.4f}"
+    print(format_history(result.history, cfg.eval_cutoffs, best["epoch"]))
+    print(f"best epoch {best['epoch']}: {cfg.monitor_key} = {best[cfg.monitor_key]:.4f}"
           f"{' (early stopped)' if result.stopped_early else ''}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"run dir:         {result.run_dir}  (metrics.csv, training_curves.png, config.yaml)")

@@ -76,11 +76,18 @@ def to_numpy_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> di
     return out
 
 
-def to_tensors(batch: Mapping[str, np.ndarray], schema: DatasetSchema,
-               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """`to_numpy_batch`, then `torch.from_numpy` on ``device``. Shapes: ids (B,), history (B, N)."""
+def as_tensors(batch: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A batch already in model dtypes (:func:`to_numpy_batch`, e.g. from the Ray Data pipeline) as
+    tensors on ``device``, without converting it again (zero-copy ``torch.from_numpy`` where possible)."""
     out = {}
-    for k, v in to_numpy_batch(batch, schema).items():
+    for k, v in batch.items():
         v = np.ascontiguousarray(v)
         out[k] = (torch.from_numpy(v) if v.flags.writeable else torch.tensor(v)).to(device)
     return out
+
+
+def to_tensors(batch: Mapping[str, np.ndarray], schema: DatasetSchema,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """:func:`to_numpy_batch` then :func:`as_tensors`: raw columns -> model input tensors on ``device``.
+    Shapes: ids (B,), history (B, N), context (B,)."""
+    return as_tensors(to_numpy_batch(batch, schema), device)

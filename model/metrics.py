@@ -22,10 +22,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
+SAMPLED_NEGATIVES = 100     # negatives per query of the sampled metrics (He et al. 2017): validation and evaluate
+EVAL_BATCH_SIZE = 512
+EVAL_SCORES_PER_BATCH = 1 << 25     # 32M float32 scores = 128 MiB per (batch x catalogue) score matrix
+
 
 def popularity_scores(train_count: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Popularity baseline: score of each item (num_items,) float32 = its train interaction count."""
     return torch.as_tensor(np.asarray(train_count), dtype=torch.float32)
+
+
+def eval_batch_size(num_items: int) -> int:
+    """Rows per full-ranking evaluation batch: ``EVAL_BATCH_SIZE``, lowered so that the (rows, num_items)
+    float32 score matrix stays within ``EVAL_SCORES_PER_BATCH`` (128 MiB): 512 rows up to 65k items,
+    32 rows at 1M items, at least 8."""
+    return int(max(8, min(EVAL_BATCH_SIZE, EVAL_SCORES_PER_BATCH // max(num_items, 1))))
 
 
 class RankingAccumulator:
@@ -39,8 +50,8 @@ class RankingAccumulator:
         seed: base seed of the negative draws.
     """
 
-    def __init__(self, ks: Sequence[int], num_items: int, sampled_negatives: int = 100, sampled_k: int = 10,
-                 seed: int = 0):
+    def __init__(self, ks: Sequence[int], num_items: int, sampled_negatives: int = SAMPLED_NEGATIVES,
+                 sampled_k: int = 10, seed: int = 0):
         self.ks, self.num_items = sorted(set(int(k) for k in ks)), num_items
         self.sampled_negatives, self.sampled_k, self.seed = sampled_negatives, sampled_k, seed
         self._sums: dict[str, float] = {"count": 0.0}

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from twotower.data.splits import split_num_rows
 from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TwoTowerDataConfig, iter_eval_batches,
-                                       iter_train_batches, read_split, split_num_rows)
+                                       iter_train_batches, read_split)
 from twotower.model.schema import DatasetSchema
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -53,7 +54,7 @@ def test_eval_shards_drop_no_rows_and_are_balanced(ray_cluster, synthetic_datase
 
     def collect(it):
         users, seen_ok = [], True
-        for batch, seen in iter_eval_batches(it, schema, batch_size=300):
+        for batch, seen in iter_eval_batches(it, batch_size=300):
             users.extend(batch["user_idx"].tolist())
             seen_ok &= len(seen) == len(batch["user_idx"]) and all(s.dtype == np.int64 for s in seen)
         return users, seen_ok
@@ -78,7 +79,7 @@ def test_missing_split_is_a_clear_error(tmp_path):
 
 
 def test_eval_batch_size_bounds_the_score_matrix():
-    from twotower.distributed.data import EVAL_SCORES_PER_BATCH, eval_batch_size
+    from twotower.model.metrics import EVAL_SCORES_PER_BATCH, eval_batch_size
     assert eval_batch_size(3884) == 512                      # small catalogues: the default batch
     assert eval_batch_size(1_000_001) == EVAL_SCORES_PER_BATCH // 1_000_001 == 33
     assert eval_batch_size(10 ** 9) == 8                     # never below 8 rows

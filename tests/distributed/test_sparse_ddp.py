@@ -107,7 +107,7 @@ def test_resume_restores_optimizer_state_only_for_the_same_optimizers():
     """A sparse_optimizer changed between runs is detected: the other optimizer's state would load without
     complaint and then break the first step (control below), so resuming starts that state afresh."""
     from twotower.distributed.config import TrainConfig
-    from twotower.distributed.train_loop import optimizer_changes
+    from twotower.distributed.train_state import optimizer_changes
 
     saved = TrainConfig(sparse_optimizer="rowwise_adagrad").model_dump(mode="json")
     assert optimizer_changes(saved, TrainConfig(sparse_optimizer="rowwise_adagrad")) == []

@@ -10,7 +10,7 @@ import csv
 import pytest
 
 from twotower.distributed.config import ConfigError, TrainConfig
-from twotower.distributed.evaluate import evaluate
+from twotower.evaluation import evaluate
 from twotower.distributed.trainer import TwoTowerTrainer
 from twotower import storage
 from twotower.model.checkpoint import load_checkpoint

@@ -48,7 +48,7 @@ def run_job(client, entrypoint: str, timeout: float) -> str:
 def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store):
     from ray.job_submission import JobSubmissionClient
 
-    from twotower.distributed.evaluate import evaluate
+    from twotower.evaluation import evaluate
     from twotower.index import Manifest, ShardedIndex
     from twotower import storage
 

@@ -1,4 +1,5 @@
-"""Offline evaluation of a checkpoint on a split, in-process (no Ray): model vs popularity baseline."""
+"""Offline evaluation of a checkpoint on a split, in-process (no Ray): model vs popularity baseline,
+exactly and, with an index, through ANN search."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,18 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from twotower.data.tables import load_feature_tables, pad_lists
-from twotower.distributed.data import SEEN_COLUMN, eval_batch_size, split_files
+from twotower import storage
+from twotower.data.splits import SEEN_COLUMN, split_files
+from twotower.data.tables import load_feature_tables
 from twotower.index.recall import ann_rank_scores, index_recall
 from twotower.index.sharded import ShardedIndex
-from twotower import storage
+from twotower.model.batch import as_tensors, batch_columns, to_numpy_batch
+from twotower.model.checkpoint import check_dataset, load_checkpoint, read_checkpoint
 from twotower.model.config import ContextMode
-from twotower.model.batch import batch_columns, to_tensors
-from twotower.model.checkpoint import load_checkpoint
-from twotower.model.metrics import RankingAccumulator, popularity_scores
+from twotower.model.metrics import RankingAccumulator, eval_batch_size, popularity_scores
 from twotower.model.schema import DatasetSchema
-
-SAMPLED_NEGATIVES = 100     # same as training validation, so valid metrics match the reported ones
 
 
 def _list_rows(column: pa.Array) -> list[np.ndarray]:
@@ -35,7 +34,8 @@ def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchem
                        ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
     """Stream a split's parquet files (local or URI; pyarrow ``iter_batches``): (numpy columns, seen item arrays).
 
-    Only ``batch_columns(schema)`` and ``seen_items`` are read; ``history`` comes back as (B, N) int64.
+    Only ``batch_columns(schema)`` and ``seen_items`` are read, converted once by ``to_numpy_batch``
+    (ids int64 (B,), ``history`` (B, N) int64, context float32/int64 (B,)).
     Raises FileNotFoundError when the split has no parquet files, KeyError when ``seen_items`` is missing.
     """
     columns = batch_columns(schema) + [SEEN_COLUMN]
@@ -48,10 +48,9 @@ def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchem
         for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
             cols = {name: rb.column(name) for name in rb.schema.names}
             seen = _list_rows(cols.pop(SEEN_COLUMN))
-            hist = pad_lists(cols.pop("history"), schema.history_length)
-            batch = {name: np.array(col.to_numpy(zero_copy_only=False)) for name, col in cols.items()}
-            batch["history"] = hist
-            yield batch, seen
+            raw = {name: col if name == "history" else col.to_numpy(zero_copy_only=False)
+                   for name, col in cols.items()}
+            yield to_numpy_batch(raw, schema), seen
 
 
 @torch.no_grad()
@@ -75,31 +74,28 @@ def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "
 
     Raises:
         CheckpointError: unreadable checkpoint. SchemaError / FileNotFoundError: not a prepared dataset.
-        ValueError: the checkpoint was trained on different vocabulary sizes than ``dataset_dir``, or
+        IncompatibleDatasetError (a ValueError): the checkpoint was trained on other vocabularies or
+            features than ``dataset_dir`` has (:func:`~twotower.model.checkpoint.check_dataset`). ValueError:
             ranking through an index is asked for a ``scoring_layer`` model (its score is not a dot
             product; serving re-ranks index candidates with the head instead).
         IndexFormatError: the index is unreadable or was built from another checkpoint.
     """
-    loaded = load_checkpoint(checkpoint_dir, map_location=device)
-    model, schema = loaded.model, DatasetSchema.load(dataset_dir)
-    trained = loaded.schema
-    if (trained.num_users, trained.num_items, trained.history_length) != (
-            schema.num_users, schema.num_items, schema.history_length):
-        raise ValueError(f"checkpoint {checkpoint_dir} was trained on {trained.num_users} users / "
-                         f"{trained.num_items} items / history {trained.history_length}, but {dataset_dir} "
-                         f"has {schema.num_users} / {schema.num_items} / {schema.history_length}")
-    _, item_table = load_feature_tables(dataset_dir)
+    info, schema = read_checkpoint(checkpoint_dir), DatasetSchema.load(dataset_dir)
+    check_dataset(info.schema, schema, checkpoint=checkpoint_dir, dataset_dir=dataset_dir)
+    loaded = load_checkpoint(checkpoint_dir, map_location=device, info=info)
+    model = loaded.model
+    _, item_table = load_feature_tables(dataset_dir, schema)
     popularity = popularity_scores(item_table["train_count"]).to(device)
-    accs = {name: RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
+    accs = {name: RankingAccumulator(ks, schema.num_items)
             for name in ("model", "popularity")}
     index, depth, recall_sum = None, max(ks), 0.0
     if index_dir is not None:
         index = _open_index(index_dir, loaded)
-        accs["index"] = RankingAccumulator(ks, schema.num_items, sampled_negatives=SAMPLED_NEGATIVES)
+        accs["index"] = RankingAccumulator(ks, schema.num_items)
     item_embs = model.all_item_embeddings()
     batch_size = batch_size or eval_batch_size(schema.num_items)
     for numpy_batch, seen in iter_split_batches(dataset_dir, split, schema, batch_size):
-        batch = to_tensors(numpy_batch, schema, device)
+        batch = as_tensors(numpy_batch, device)
         target, users = batch["item_idx"], batch["user_idx"]
         exact = model.rank_scores(batch, item_embs)
         accs["model"].add(exact, target, seen, user_idx=users)
@@ -123,5 +119,5 @@ def _open_index(index_dir: str | Path, loaded) -> ShardedIndex:
         raise ValueError("ranking through an index needs a dot-product model (user_tower or trilinear); "
                          "scoring_layer re-ranks index candidates with its head at serving time")
     index = ShardedIndex.load(index_dir)
-    index.verify_checkpoint(loaded.meta["sha256"]["model.pt"])
+    index.verify_checkpoint(loaded.model_sha256)
     return index

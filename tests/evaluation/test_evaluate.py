@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from twotower.data.tables import load_feature_tables
-from twotower.distributed.evaluate import evaluate, iter_split_batches
+from twotower.evaluation import evaluate, iter_split_batches
 from twotower.model.checkpoint import save_checkpoint
 from twotower.model.config import ModelConfig
 from twotower.model.schema import DatasetSchema
