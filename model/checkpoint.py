@@ -101,12 +101,7 @@ def read_checkpoint_meta(directory: str | Path) -> dict:
         CheckpointError: missing, not JSON, or of an unknown format version (the message names the file).
     """
     path = storage.join(directory, "checkpoint.json")
-    try:
-        meta = json.loads(storage.read_text(path))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: missing (not a twotower checkpoint directory)") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from e
+    meta = storage.read_json(path, CheckpointError, "missing (not a twotower checkpoint directory)")
     if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
                               f"(expected {CHECKPOINT_FORMAT_VERSION})")

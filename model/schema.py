@@ -135,10 +135,4 @@ class DatasetSchema:
         p = str(path)
         if not p.endswith(".json"):
             p = storage.join(p, "schema.json")
-        try:
-            d = json.loads(storage.read_text(p))
-        except FileNotFoundError as e:
-            raise SchemaError(f"{p}: no schema.json (is this a prepared dataset directory?)") from e
-        except json.JSONDecodeError as e:
-            raise SchemaError(f"{p}: not valid JSON: {e}") from e
-        return cls.from_dict(d)
+        return cls.from_dict(storage.read_json(p, SchemaError, "no schema.json (is this a prepared dataset directory?)"))

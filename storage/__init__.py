@@ -13,6 +13,7 @@ directory into place (see its docstring for what "atomic" means on object stores
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -121,6 +122,21 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def read_text(path: str | os.PathLike) -> str:
     """Whole file as UTF-8 text. Raises FileNotFoundError when missing."""
     return read_bytes(path).decode("utf-8")
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], missing: str):
+    """The JSON document at ``path`` (local or URI).
+
+    Raises:
+        error: ``"<path>: <missing>"`` when the file does not exist, ``"<path>: not valid JSON: ..."``
+            when it does not parse (chained to the original exception).
+    """
+    try:
+        return json.loads(read_text(path))
+    except FileNotFoundError as e:
+        raise error(f"{path}: {missing}") from e
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON: {e}") from e
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
