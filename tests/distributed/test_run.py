@@ -1,0 +1,37 @@
+"""``resolve_run``: everything the workers get, resolved once on the driver (no Ray started)."""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+
+from twotower.data.splits import split_files, split_num_rows
+from twotower.distributed.config import ConfigError, TrainConfig
+from twotower.distributed.run import resolve_run
+from twotower.model.schema import DatasetSchema
+
+
+def test_the_resolved_run_is_frozen_picklable_and_complete(synthetic_dataset, tmp_path):
+    cfg = TrainConfig.validated(dict(num_workers=2, batch_size=500, storage_path=str(tmp_path), run_name="r",
+                                     max_steps_per_epoch=7))
+    run = resolve_run(cfg, synthetic_dataset)
+    assert run.schema == DatasetSchema.load(synthetic_dataset) and run.config == cfg
+    assert run.files == {s: split_files(synthetic_dataset, s) for s in ("train", "valid")}
+    assert run.rows["train"] == split_num_rows(synthetic_dataset, "train")
+    assert run.steps_per_epoch == min(run.rows["train"] // 2 // 500, 7) == 7
+    assert run.run_dir == tmp_path / "r" and run.storage_path == str(tmp_path) and run.resume is None
+    assert not (tmp_path / "r").exists()                              # resolving writes nothing
+    assert pickle.loads(pickle.dumps(run)) == run                    # what Ray ships to every worker
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.steps_per_epoch = 1
+
+
+def test_config_is_validated_once_with_flags_last(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nmodel:\n  temperature: 0.2\n")
+    cfg = TrainConfig.from_yaml(path, ["lr=0.01", "temperature=0.1"], {"epochs": 5, "num_workers": 2})
+    assert (cfg.epochs, cfg.lr, cfg.model.temperature, cfg.num_workers) == (5, 0.01, 0.1, 2)
+    assert cfg.eval_cutoffs == [10, 20, 50] and cfg.monitor_key == "valid_recall@10"
+    with pytest.raises(ConfigError, match="config key 'epochs'"):
+        TrainConfig.from_yaml(None, [], {"epochs": 0})
