@@ -108,21 +108,7 @@ def write_movielens(out: str | Path, data: MovieLensData, *, min_rating: float |
         raise ValueError(f"split must be one of {SPLIT_METHODS}, got {split!r}")
     if history_length < 1:
         raise ValueError(f"history_length must be >= 1, got {history_length}")
-    r = data.ratings
-    if min_rating is not None:
-        r = r[r["rating"].to_numpy() >= min_rating]
-        if len(r) == 0:
-            raise ValueError(f"no rating >= {min_rating} in {data.variant}")
-    uid, iid = r["user_id"].to_numpy(), r["item_id"].to_numpy()
-    users_raw = np.unique(uid)
-    items_raw = np.union1d(data.items["item_id"].to_numpy(), iid)
-    user_idx = (np.searchsorted(users_raw, uid) + 1).astype(np.int32)
-    item_idx = (np.searchsorted(items_raw, iid) + 1).astype(np.int32)
-    order = sort_order(user_idx, r["timestamp"].to_numpy())
-    u, i = user_idx[order], item_idx[order]
-    ts = r["timestamp"].to_numpy()[order]
-    rating = r["rating"].to_numpy()[order]
-    del user_idx, item_idx, order
+    u, i, ts, rating, users_raw, items_raw = _encode_sorted(data, min_rating)
     cuts = temporal_cuts(ts, valid_fraction, test_fraction) if split == "temporal" else None
     codes = temporal_split(ts, cuts) if cuts else leave_last_out(u)
     num_items = len(items_raw) + 1
@@ -163,6 +149,26 @@ def write_movielens(out: str | Path, data: MovieLensData, *, min_rating: float |
     log.info("%s: %s rows %s, %d users, %d items -> %s (%.1fs)", data.variant, len(u), iw.rows,
              len(users_raw), len(items_raw), out, time.time() - t0)
     return stats
+
+
+def _encode_sorted(data: MovieLensData, min_rating: float | None):
+    """Ratings (those >= ``min_rating``) as user and item indices (1-based, by sorted raw id; every item
+    of the item file gets one), sorted by (user, timestamp): ``(user_idx int32, item_idx int32,
+    timestamp int64, rating, sorted raw user ids, sorted raw item ids)``. Raises ValueError when no
+    rating is left."""
+    r = data.ratings
+    if min_rating is not None:
+        r = r[r["rating"].to_numpy() >= min_rating]
+        if len(r) == 0:
+            raise ValueError(f"no rating >= {min_rating} in {data.variant}")
+    uid, iid = r["user_id"].to_numpy(), r["item_id"].to_numpy()
+    users_raw = np.unique(uid)
+    items_raw = np.union1d(data.items["item_id"].to_numpy(), iid)
+    user_idx = (np.searchsorted(users_raw, uid) + 1).astype(np.int32)
+    item_idx = (np.searchsorted(items_raw, iid) + 1).astype(np.int32)
+    order = sort_order(user_idx, r["timestamp"].to_numpy())
+    return (user_idx[order], item_idx[order], r["timestamp"].to_numpy()[order], r["rating"].to_numpy()[order],
+            users_raw, items_raw)
 
 
 def prepare_movielens(out: str | Path, variant: str = "ml-100k", *, src: str | Path | None = None,

@@ -160,61 +160,15 @@ def prepare_synthetic(out: str | Path, users: int = 10_000, items: int = 2_000,
     if split == "temporal":
         sample = [world.block(seed, b, in_cluster, window_match)[2] for b in range(min(n_blocks, 64))]
         cuts = temporal_cuts(np.concatenate(sample), valid_fraction, test_fraction)
-    ts_min, ts_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
     with atomic_directory(out, overwrite) as tmp:
         (tmp / "vocab").mkdir()
         iw = InteractionWriter(tmp, items + 1, rows_per_file)
-        row0 = {"user_idx": [0], "user_id": [""], "segment": [0]}
-        uw = pq.ParquetWriter(tmp / "users.parquet", pa.table(row0, schema=pa.schema(
-            [("user_idx", pa.int32()), ("user_id", pa.string()), ("segment", pa.int32())])).schema)
-        uw.write_table(pa.table(row0, schema=uw.schema))
-        vw = pq.ParquetWriter(tmp / "vocab" / "users.parquet", _id_table(1, 1).schema)
-        tw = pq.ParquetWriter(tmp / "synthetic_truth_users.parquet", pa.schema(
-            [("user_idx", pa.int32()), ("cluster", pa.int32())]))
-        tw.write_table(pa.table({"user_idx": [0], "cluster": [-1]}, schema=tw.schema))
-        pending, done_users, done_rows = [], 0, 0
-        for b in range(n_blocks):
-            pending.append(world.block(seed, b, in_cluster, window_match))
-            nu = min(BLOCK_USERS * (b + 1), users) - done_users
-            if b + 1 < n_blocks and nu < chunk_users and sum(len(p[0]) for p in pending) < chunk_rows:
-                continue
-            u, i, ts, r = (np.concatenate(c) for c in zip(*pending))
-            pending = []
-            if len(ts):
-                ts_min, ts_max = min(ts_min, int(ts.min())), max(ts_max, int(ts.max()))
-            codes = temporal_split(ts, cuts) if cuts else leave_last_out(u)
-            iw.write(build_split_tables(u, i, ts, r, codes, history_length))
-            lo, hi = done_users + 1, done_users + nu + 1
-            ids = np.arange(lo, hi)
-            uw.write_table(pa.table({"user_idx": ids.astype(np.int32),
-                                     "user_id": pa.array(ids.astype(str)).cast(pa.string()),
-                                     "segment": world.segment[lo - 1:hi - 1] + 1}, schema=uw.schema))
-            vw.write_table(_id_table(lo, hi))
-            tw.write_table(pa.table({"user_idx": ids.astype(np.int32),
-                                     "cluster": world.user_cluster[lo - 1:hi - 1]}, schema=tw.schema))
-            done_users += nu
-            done_rows += len(u)
-            log.info("synthetic: %d / %d users, %d / %d interactions written (%.1fs)", done_users,
-                     users, done_rows, interactions, time.time() - t0)
+        done_rows, ts_min, ts_max = _write_user_blocks(
+            tmp, world, iw, seed=seed, in_cluster=in_cluster, window_match=window_match, cuts=cuts,
+            history_length=history_length, chunk_users=chunk_users, chunk_rows=chunk_rows, t0=t0)
         files = iw.close()
-        uw.close(), vw.close(), tw.close()
-        offsets = np.r_[0, 0, np.cumsum(world.genre_lengths)].astype(np.int32)
-        item_ids = np.arange(items + 1)
-        pq.write_table(pa.table({
-            "item_idx": pa.array(item_ids.astype(np.int32)),
-            "item_id": pa.array(np.r_[[""], item_ids[1:].astype(str)]).cast(pa.string()),
-            "title": pa.array([""] * (items + 1), pa.string()),
-            "train_count": pa.array(iw.train_count),
-            "category": pa.array(np.r_[0, world.item_cluster + 1].astype(np.int32)),
-            "genres": pa.ListArray.from_arrays(pa.array(offsets), pa.array(world.genre_values)),
-        }), tmp / "items.parquet")
-        pq.write_table(pa.table({
-            "item_idx": pa.array(item_ids.astype(np.int32)),
-            "cluster": pa.array(np.r_[-1, world.item_cluster].astype(np.int32)),
-            "window": pa.array(np.r_[-1, world.item_window].astype(np.int32)),
-            "popularity_rank": pa.array(np.r_[-1, world.item_rank].astype(np.int32)),
-        }), tmp / "synthetic_truth_items.parquet")
-        write_vocab(tmp, "items", item_ids[1:].astype(str).tolist())
+        _write_items(tmp, world, iw.train_count)
+        write_vocab(tmp, "items", np.arange(1, items + 1).astype(str).tolist())
         for name in ("segment", "category"):
             write_vocab(tmp, name, [str(c) for c in range(world.K)])
         write_vocab(tmp, "genres", [f"g{g:02d}" for g in range(num_genres)])
@@ -251,3 +205,69 @@ def prepare_synthetic(out: str | Path, users: int = 10_000, items: int = 2_000,
     log.info("synthetic: %d interactions %s -> %s (%.1fs)", done_rows, iw.rows, out,
              time.time() - t0)
     return stats
+
+
+def _write_user_blocks(tmp: Path, world: _World, iw: InteractionWriter, *, seed: int, in_cluster: float,
+                       window_match: float, cuts, history_length: int, chunk_users: int, chunk_rows: int,
+                       t0: float) -> tuple[int, int, int]:
+    """Generate the users block by block, grouped into chunks of about ``chunk_users`` users or
+    ``chunk_rows`` rows; per chunk: split, history/seen lists and the interaction parts (``iw``), the
+    users table, the user vocabulary and the users' ground truth. Returns (rows, min, max timestamp)."""
+    users = len(world.user_cluster)
+    n_blocks = -(-users // BLOCK_USERS)
+    row0 = {"user_idx": [0], "user_id": [""], "segment": [0]}
+    uw = pq.ParquetWriter(tmp / "users.parquet", pa.table(row0, schema=pa.schema(
+        [("user_idx", pa.int32()), ("user_id", pa.string()), ("segment", pa.int32())])).schema)
+    uw.write_table(pa.table(row0, schema=uw.schema))
+    vw = pq.ParquetWriter(tmp / "vocab" / "users.parquet", _id_table(1, 1).schema)
+    tw = pq.ParquetWriter(tmp / "synthetic_truth_users.parquet", pa.schema(
+        [("user_idx", pa.int32()), ("cluster", pa.int32())]))
+    tw.write_table(pa.table({"user_idx": [0], "cluster": [-1]}, schema=tw.schema))
+    pending, done_users, done_rows = [], 0, 0
+    ts_min, ts_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for b in range(n_blocks):
+        pending.append(world.block(seed, b, in_cluster, window_match))
+        nu = min(BLOCK_USERS * (b + 1), users) - done_users
+        if b + 1 < n_blocks and nu < chunk_users and sum(len(p[0]) for p in pending) < chunk_rows:
+            continue
+        u, i, ts, r = (np.concatenate(c) for c in zip(*pending))
+        pending = []
+        if len(ts):
+            ts_min, ts_max = min(ts_min, int(ts.min())), max(ts_max, int(ts.max()))
+        codes = temporal_split(ts, cuts) if cuts else leave_last_out(u)
+        iw.write(build_split_tables(u, i, ts, r, codes, history_length))
+        lo, hi = done_users + 1, done_users + nu + 1
+        ids = np.arange(lo, hi)
+        uw.write_table(pa.table({"user_idx": ids.astype(np.int32),
+                                 "user_id": pa.array(ids.astype(str)).cast(pa.string()),
+                                 "segment": world.segment[lo - 1:hi - 1] + 1}, schema=uw.schema))
+        vw.write_table(_id_table(lo, hi))
+        tw.write_table(pa.table({"user_idx": ids.astype(np.int32),
+                                 "cluster": world.user_cluster[lo - 1:hi - 1]}, schema=tw.schema))
+        done_users, done_rows = done_users + nu, done_rows + len(u)
+        log.info("synthetic: %d / %d users, %d / %d interactions written (%.1fs)", done_users, users, done_rows,
+                 int(world.lengths.sum()), time.time() - t0)
+    uw.close(), vw.close(), tw.close()
+    return done_rows, ts_min, ts_max
+
+
+def _write_items(tmp: Path, world: _World, train_count: np.ndarray) -> None:
+    """``items.parquet`` (ids, empty titles, ``train_count``, ``category``, ``genres``) and the items'
+    ground truth (cluster, window, popularity rank); row 0 is the unknown item."""
+    items = len(world.item_cluster)
+    offsets = np.r_[0, 0, np.cumsum(world.genre_lengths)].astype(np.int32)
+    item_ids = np.arange(items + 1)
+    pq.write_table(pa.table({
+        "item_idx": pa.array(item_ids.astype(np.int32)),
+        "item_id": pa.array(np.r_[[""], item_ids[1:].astype(str)]).cast(pa.string()),
+        "title": pa.array([""] * (items + 1), pa.string()),
+        "train_count": pa.array(train_count),
+        "category": pa.array(np.r_[0, world.item_cluster + 1].astype(np.int32)),
+        "genres": pa.ListArray.from_arrays(pa.array(offsets), pa.array(world.genre_values)),
+    }), tmp / "items.parquet")
+    pq.write_table(pa.table({
+        "item_idx": pa.array(item_ids.astype(np.int32)),
+        "cluster": pa.array(np.r_[-1, world.item_cluster].astype(np.int32)),
+        "window": pa.array(np.r_[-1, world.item_window].astype(np.int32)),
+        "popularity_rank": pa.array(np.r_[-1, world.item_rank].astype(np.int32)),
+    }), tmp / "synthetic_truth_items.parquet")
