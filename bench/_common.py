@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 import torch
 
 from twotower.data.tables import load_feature_tables
-from twotower.model.batch import pad_lists
 from twotower.distributed.config import TrainConfig
 from twotower.model.optim import build_optimizer
-from twotower.model.batch import batch_columns, to_tensors
+from twotower.model.batch import batch_columns, pad_lists, to_tensors
 from twotower.model.loss import compute_loss
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel

@@ -84,8 +84,7 @@ def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
     import torch
 
     from twotower.data.tables import load_feature_tables
-    from twotower.model.batch import pad_lists
-    from twotower.model.batch import to_tensors
+    from twotower.model.batch import pad_lists, to_tensors
     from twotower.model.checkpoint import save_checkpoint
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss

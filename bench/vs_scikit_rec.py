@@ -55,7 +55,7 @@ from _common import build_model, load_split_tensors, machine_line, plain_train, 
 from _skrec_data import write_skrec_inputs  # noqa: E402
 from twotower.distributed.config import TrainConfig  # noqa: E402
 from twotower.evaluation import iter_split_batches  # noqa: E402
-from twotower.model.batch import to_tensors  # noqa: E402
+from twotower.model.batch import as_tensors  # noqa: E402
 from twotower.model.metrics import RankingAccumulator  # noqa: E402
 
 SKREC_CONFIG = {"user_embedding_dim": 32, "item_embedding_dim": 32, "final_embedding_dim": 16,
@@ -97,7 +97,7 @@ class TestQueries:
 
     def __init__(self, ds: Path, schema, split: str = "test"):
         self.schema, self.split = schema, split
-        self.batches = [(to_tensors(b, schema), seen) for b, seen in iter_split_batches(ds, split, schema, 4096)]
+        self.batches = [(as_tensors(b), seen) for b, seen in iter_split_batches(ds, split, schema, 4096)]
 
     def metrics(self, scores: list[torch.Tensor]) -> dict:
         """``sampled_hr@10`` and full-ranking ``recall@10`` of per-batch score matrices (B, num_items) in
