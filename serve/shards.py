@@ -1,10 +1,10 @@
-"""One index shard per searcher: loading a single shard, index versions, batched search, exact merge.
+"""One index shard per searcher: loading a single shard, index versions, batched search.
 
 An index directory (``twotower.index.manifest``) holds S shards; serving runs one searcher per shard.
 :func:`load_shard` opens shard ``s`` alone as a one-shard :class:`~twotower.index.ShardedIndex`, so its
 ``search`` (exclusions, ties by ascending item_idx) is the per-shard half of ``ShardedIndex.search``,
-and :func:`merge_topk` the other half: merging the per-shard top-k of all shards gives exactly the
-top-k of ``ShardedIndex.search`` over the whole directory.
+and :func:`twotower.index.merge.merge_topk` in the fan-out the other half: merging the per-shard top-k
+of all shards gives exactly the top-k of ``ShardedIndex.search`` over the whole directory.
 
 Index version: the first 12 hex digits of the sha256 of ``manifest.json`` (which lists the sha256 of
 every file), so a rebuilt index is a new version even at the same path.
@@ -202,17 +202,3 @@ class ShardStore:
                 out[i] = SearchResult(v, held, scores[j, :kk], items[j, :kk])
         return out  # type: ignore[return-value]
 
-
-def merge_topk(scores: Sequence[np.ndarray], items: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact merge of per-shard results (each float32 / int64 (k_s,), best first) into the global top-k.
-
-    Order: score descending, ties by ascending item_idx (as ``ShardedIndex.search``); -inf / -1 slots
-    sort last and pad the output to (k,).
-    """
-    s = np.concatenate([np.asarray(x, np.float32) for x in scores] + [np.zeros(0, np.float32)])
-    i = np.concatenate([np.asarray(x, np.int64) for x in items] + [np.zeros(0, np.int64)])
-    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s))[:k]
-    out_s, out_i = np.full(k, -np.inf, np.float32), np.full(k, -1, np.int64)
-    out_s[:len(order)], out_i[:len(order)] = s[order], i[order]
-    out_i[np.isneginf(out_s)] = -1
-    return out_s, out_i

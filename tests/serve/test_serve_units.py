@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from twotower.data.features import context_features
-from twotower.index import ShardedIndex, build_local_index
+from twotower.index import ShardedIndex, build_local_index, merge_topk
 from twotower.model.schema import DatasetSchema
 from twotower.serve.catalogue import Catalogue
 from twotower.serve.context import context_vocabs, resolve_context
@@ -20,7 +20,7 @@ from twotower.serve.http import validation_message
 from twotower.serve.query import QueryEncoder, QueryInput
 from twotower.serve.recommender import LocalBackend, ServingState, recommend_offline, rerank_merge
 from twotower.serve.schema import RecommendRequest, RequestError, SimilarItemsRequest
-from twotower.serve.shards import SearchRequest, SearchResult, ShardStore, load_shard, merge_topk
+from twotower.serve.shards import SearchRequest, SearchResult, ShardStore, load_shard
 from twotower.serve.user_cache import UserCacheError, build_user_cache, load_user_cache, save_user_cache
 from twotower.serve.user_state import UserState
 
