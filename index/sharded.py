@@ -1,5 +1,5 @@
-"""Loading an index directory and searching all of its shards with the exact merge of
-:mod:`twotower.index.merge`."""
+"""Loading an index directory (all of its shards, or some: one searcher per shard) and searching it with
+the exact merge of :mod:`twotower.index.merge`."""
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +62,8 @@ class ShardedIndex:
                 (``manifest.verify_files(path)`` also checks the optional ``embeddings/``).
             search_params: override the stored ``nprobe`` / ``efSearch``.
             shards: load only these shard numbers (e.g. one searcher per shard); the returned index's
-                manifest then lists only them (``num_items`` = their total).
+                manifest then lists only them (``num_items`` = their total) and its ``extra`` records the
+                whole index's ``index_num_items`` and ``index_num_shards``.
         Raises:
             IndexFormatError: no/invalid manifest, unknown format version, a missing or corrupted shard
                 or id-map file, a shard whose dimension, metric or vector count differs from the manifest,
@@ -76,7 +77,9 @@ class ShardedIndex:
             if bad:
                 raise IndexFormatError(f"{path}: has {manifest.num_shards} shards, no shard {bad[0]}")
             chosen = [manifest.shards[s] for s in shards]
-            manifest = dataclasses.replace(manifest, shards=chosen, num_items=sum(s.count for s in chosen))
+            whole = {"index_num_items": manifest.num_items, "index_num_shards": manifest.num_shards}
+            manifest = dataclasses.replace(manifest, shards=chosen, num_items=sum(s.count for s in chosen),
+                                           extra={**manifest.extra, **whole})
         params = {**manifest.search_params, **(search_params or {})}
         indexes, idx, ids = [], [], []
         tmp = None if not storage.is_uri(path) else tempfile.mkdtemp(prefix="twotower-index-")

@@ -20,7 +20,7 @@ from twotower.serve.http import validation_message
 from twotower.serve.query import QueryEncoder, QueryInput
 from twotower.serve.recommender import LocalBackend, ServingState, recommend_offline, rerank_merge
 from twotower.serve.schema import RecommendRequest, RequestError, SimilarItemsRequest
-from twotower.serve.shards import SearchRequest, SearchResult, ShardStore, load_shard
+from twotower.serve.shards import SearchRequest, SearchResult, ShardStore
 from twotower.serve.user_cache import UserCacheError, build_user_cache, load_user_cache, save_user_cache
 from twotower.serve.user_state import UserState
 
@@ -144,7 +144,7 @@ def random_index(tmp_path_factory):
 def test_per_shard_search_and_merge_equal_sharded_search(random_index):
     out, queries = random_index
     full = ShardedIndex.load(out)
-    shards = [load_shard(str(out), s) for s in range(3)]
+    shards = [ShardedIndex.load(out, shards=[s]) for s in range(3)]
     exclude = [np.arange(1 + q, 60 + q, 3) for q in range(len(queries))]
     want_s, want_i = full.search(queries, 25, exclude=exclude)
     for q in range(len(queries)):
@@ -168,7 +168,7 @@ def test_shard_store_versions_and_batched_search(random_index, tmp_path):
             SearchRequest(queries[2], 2, None, "nope")]
     res = store.search_many(reqs)
     assert res[0].version == v2 and len(res[0].items) == 3
-    full = load_shard(str(out), 1).search(queries[1:2], 5, exclude=[np.array([1, 2])])
+    full = ShardedIndex.load(out, shards=[1]).search(queries[1:2], 5, exclude=[np.array([1, 2])])
     assert res[1].version == v1 and list(res[1].items) == list(full[1][0])
     assert res[2].error and "nope" in res[2].error
     assert store.load(str(v2dir)) == v2 and len(store.versions) == 2          # reloading is a no-op
