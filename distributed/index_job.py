@@ -32,7 +32,7 @@ from twotower import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
                                   default_search_params, parse_factory)
 from twotower.index.local import checkpoint_record, make_manifest
-from twotower.index.manifest import Manifest
+from twotower.index.manifest import Manifest, verify_model_sha256
 from twotower.model.checkpoint import read_checkpoint_meta
 
 log = logging.getLogger("twotower.index")
@@ -113,14 +113,19 @@ def build_shards(embeddings: str, out: str, *, num_shards: int, dim: int, factor
     return results
 
 
-def _check_reused(embeddings: str, model_sha: str | None) -> int:
-    """Partition count of a reused ``embeddings`` directory; ValueError unless this job wrote it for this model."""
+def _check_reused(embeddings: str, model_sha: str) -> int:
+    """Partition count of a reused ``embeddings`` directory.
+
+    Raises:
+        ValueError: not an embeddings directory of this job; IndexFormatError (a ValueError): written for
+            another model (:func:`~twotower.index.manifest.verify_model_sha256`).
+    """
+    path = storage.join(embeddings, EMBEDDINGS_INFO)
     try:
-        info = json.loads(storage.read_bytes(storage.join(embeddings, EMBEDDINGS_INFO)))
+        info = json.loads(storage.read_bytes(path))
     except FileNotFoundError as e:
         raise ValueError(f"{embeddings}: no {EMBEDDINGS_INFO}; not an embeddings directory of the index job") from e
-    if info.get("model_sha256") != model_sha:
-        raise ValueError(f"{embeddings}: computed with another checkpoint (model sha256 differs)")
+    verify_model_sha256(info.get("model_sha256"), model_sha, path)
     return int(info["num_shards"])
 
 

@@ -204,11 +204,9 @@ class ShardedIndex:
         return np.where(valid, dist, -np.inf).astype(np.float32), items
 
     def verify_checkpoint(self, model_sha256: str) -> None:
-        """Raise IndexFormatError unless the index was built from the checkpoint whose model.pt has this sha256."""
-        built = self.manifest.checkpoint.get("model_sha256")
-        if built != model_sha256:
-            raise IndexFormatError(f"{storage.join(self.path, 'manifest.json')}: built from checkpoint model "
-                                   f"sha256 {str(built)[:16]}..., queries come from {model_sha256[:16]}...")
+        """Raise IndexFormatError unless the index was built from the checkpoint whose model.pt has this
+        sha256 (see :meth:`Manifest.verify_checkpoint`)."""
+        self.manifest.verify_checkpoint(model_sha256, self.path)
 
 
 def _fetch(directory: str, name: str, tmp: str | None, sha256: str | None) -> str:

@@ -64,15 +64,18 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> dict:
-    """The Serve config from ``--config`` or the flags. Raises ValueError / CheckpointError / IndexFormatError."""
+    """The Serve config from ``--config`` or the flags.
+
+    Raises:
+        ValueError: missing flags. CheckpointError: unreadable checkpoint. IndexFormatError: unreadable
+            index manifest, or an index not built from ``--checkpoint`` (checked here, before Ray starts).
+    """
     if args.config:
         return yaml.safe_load(Path(args.config).read_text())
     if not args.checkpoint or not args.index:
         raise ValueError("--checkpoint and --index are required (or give --config)")
     sha = (read_checkpoint_meta(args.checkpoint).get("sha256") or {}).get("model.pt")   # fail early
-    built = Manifest.read(args.index).checkpoint.get("model_sha256")
-    if sha and built and sha != built:
-        raise ValueError(f"{args.index} was built from checkpoint model {built[:12]}, {args.checkpoint} is {sha[:12]}")
+    Manifest.read(args.index).verify_checkpoint(sha, args.index)
     app = AppArgs(checkpoint=storage.normalize(args.checkpoint),
                   dataset=storage.normalize(args.dataset) if args.dataset else None,
                   user_cache=storage.normalize(args.user_cache) if args.user_cache else None,

@@ -77,17 +77,16 @@ class ShardStore:
         serves). Returns (version, shard index), the index None when that version is already loaded.
 
         Raises:
-            IndexFormatError: see ``ShardedIndex.load`` (also: no such shard), or an index built from another
-                checkpoint than ``model_sha256`` (when both are known).
+            IndexFormatError: see ``ShardedIndex.load`` (also: no such shard), or, when ``model_sha256`` (the
+                serving checkpoint's) is given, an index not built from that checkpoint
+                (``ShardedIndex.verify_checkpoint``).
         """
         version = index_version(index_dir)
         if version in self.versions:
             return version, None
         index = ShardedIndex.load(index_dir, shards=[self.shard], verify=verify, search_params=search_params)
-        built = index.manifest.checkpoint.get("model_sha256")
-        if model_sha256 and built and built != model_sha256:
-            raise IndexFormatError(f"{index_dir}: built from checkpoint model {built[:12]}, serving model is "
-                                   f"{model_sha256[:12]}")
+        if model_sha256 is not None:
+            index.verify_checkpoint(model_sha256)
         return version, index
 
     def install(self, version: str, index: ShardedIndex | None, index_dir: str) -> None:

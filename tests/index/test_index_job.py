@@ -143,3 +143,15 @@ def test_evaluate_through_the_index(flat_indexes, ml100k_checkpoint, ml100k_data
     (foreign / "checkpoint.json").write_text(json.dumps(meta))
     assert main(args[:1] + [str(foreign)] + args[2:]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_reused_embeddings_of_another_model_exit_2(ml100k_checkpoint, tmp_path, capsys):
+    """The reuse check compares model sha256s like every index check (before Ray is needed)."""
+    from twotower.jobs.index import main
+    stale = tmp_path / "embeddings"
+    stale.mkdir()
+    (stale / "_embeddings.json").write_text(json.dumps({"num_shards": 1, "model_sha256": "0" * 64}))
+    assert main(["--checkpoint", str(ml100k_checkpoint), "--embeddings", str(stale), "--out",
+                 str(tmp_path / "out"), "-q"]) == 2
+    assert "_embeddings.json: built from checkpoint model sha256 0000" in capsys.readouterr().err
