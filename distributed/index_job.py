@@ -33,7 +33,8 @@ from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard
                                   default_search_params, parse_factory)
 from twotower.index.local import checkpoint_record, make_manifest
 from twotower.index.manifest import Manifest, verify_model_sha256
-from twotower.model.checkpoint import read_checkpoint_meta
+from twotower.model.checkpoint import CheckpointInfo, check_dataset, read_checkpoint
+from twotower.model.schema import DatasetSchema
 
 log = logging.getLogger("twotower.index")
 EMBEDDINGS_INFO = "_embeddings.json"
@@ -150,6 +151,40 @@ def ensure_ray() -> bool:
     return True
 
 
+def _check_inputs(cfg: IndexJobConfig) -> tuple[CheckpointInfo, list[str], int]:
+    """The checks made before Ray starts (see :func:`run_index_job` for the errors). Returns the checkpoint
+    info (the job's one read of checkpoint.json), the item files to embed (none when reusing embeddings)
+    and the number of partitions of the embeddings the shards are built from."""
+    if cfg.num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {cfg.num_shards}")
+    if storage.is_nonempty(cfg.out) and not cfg.overwrite:
+        raise FileExistsError(f"{cfg.out} already exists and is not empty; use --overwrite to replace it")
+    ckpt = read_checkpoint(cfg.checkpoint)
+    parse_factory(cfg.factory, ckpt.model_config.final_embedding_dim)
+    if cfg.embeddings is not None:
+        return ckpt, [], _check_reused(cfg.embeddings, ckpt.model_sha256)
+    if cfg.dataset:
+        check_dataset(ckpt.schema, DatasetSchema.load(cfg.dataset), checkpoint=cfg.checkpoint, dataset_dir=cfg.dataset)
+    paths = item_paths(cfg.dataset, cfg.items)
+    check_item_files(paths)                  # footers + columns of every item file
+    return ckpt, paths, cfg.num_shards
+
+
+def _embed_stage(cfg: IndexJobConfig, ckpt: CheckpointInfo, paths: list[str], embeddings: str,
+                 stored_shards: int) -> dict:
+    """Stage 1 into ``embeddings`` (plus its ``_embeddings.json``), or the row count of reused embeddings;
+    returns the manifest's ``extra.job.embed`` record."""
+    if cfg.embeddings is not None:
+        return {"reused": str(cfg.embeddings), "rows": sum(shard_rows(embeddings, s) for s in range(stored_shards))}
+    embed = embed_items(ckpt, paths, embeddings, num_shards=cfg.num_shards, batch_size=cfg.batch_size,
+                        num_actors=cfg.num_actors, use_gpu=cfg.use_gpu, cpus_per_actor=cfg.cpus_per_actor)
+    info = {"num_shards": cfg.num_shards, "rows": embed["rows"], "dim": ckpt.model_config.final_embedding_dim,
+            "model_sha256": ckpt.model_sha256}
+    storage.write_bytes(storage.join(embeddings, EMBEDDINGS_INFO), json.dumps(info).encode())
+    log.info("embedded %d items in %.1fs (%.0f items/s)", embed["rows"], embed["seconds"], embed["items_per_second"])
+    return embed
+
+
 def run_index_job(cfg: IndexJobConfig) -> Manifest:
     """Run the whole job (module docstring) and return the published manifest.
 
@@ -159,35 +194,18 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
             truncated or lacks item_idx/item_id (names the file; checked before Ray starts).
         CheckpointError: unreadable checkpoint. IndexBuildError: factory/shard mismatch (e.g. a shard
             with fewer vectors than IVF lists) or an item listed twice. ValueError: bad arguments or item
-            indices outside the checkpoint's vocabulary.
+            indices outside the checkpoint's vocabulary; IncompatibleDatasetError (a ValueError): a
+            ``dataset`` the checkpoint was not trained on; IndexFormatError (a ValueError): reused
+            ``embeddings`` of another model.
     """
-    if cfg.num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {cfg.num_shards}")
-    if storage.is_nonempty(cfg.out) and not cfg.overwrite:
-        raise FileExistsError(f"{cfg.out} already exists and is not empty; use --overwrite to replace it")
-    meta = read_checkpoint_meta(cfg.checkpoint)
-    dim = int(meta["model_config"]["final_embedding_dim"])
-    parse_factory(cfg.factory, dim)
+    ckpt, paths, stored_shards = _check_inputs(cfg)
+    dim = ckpt.model_config.final_embedding_dim
     params = default_search_params(cfg.factory, cfg.nprobe, cfg.ef_search)
-    paths = item_paths(cfg.dataset, cfg.items) if cfg.embeddings is None else []
-    check_item_files(paths)                  # footers + columns of every item file, before Ray starts
-    model_sha = meta.get("sha256", {}).get("model.pt")
-    stored_shards = _check_reused(cfg.embeddings, model_sha) if cfg.embeddings is not None else cfg.num_shards
     started = ensure_ray()
     staging = storage.staging_dir(cfg.out)
     embeddings = cfg.embeddings or storage.join(staging, "embeddings")
     try:
-        if cfg.embeddings is None:
-            embed = embed_items(cfg.checkpoint, paths, embeddings, num_shards=cfg.num_shards,
-                                batch_size=cfg.batch_size, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu,
-                                cpus_per_actor=cfg.cpus_per_actor)
-            info = {"num_shards": cfg.num_shards, "rows": embed["rows"], "dim": dim, "model_sha256": model_sha}
-            storage.write_bytes(storage.join(embeddings, EMBEDDINGS_INFO), json.dumps(info).encode())
-            log.info("embedded %d items in %.1fs (%.0f items/s)", embed["rows"], embed["seconds"],
-                     embed["items_per_second"])
-        else:
-            embed = {"reused": str(cfg.embeddings),
-                     "rows": sum(shard_rows(embeddings, s) for s in range(stored_shards))}
+        embed = _embed_stage(cfg, ckpt, paths, embeddings, stored_shards)
         t0 = time.perf_counter()
         results = build_shards(embeddings, staging, num_shards=cfg.num_shards, dim=dim, factory=cfg.factory,
                                search_params=params, seed=cfg.seed, ef_construction=cfg.ef_construction,
@@ -203,8 +221,8 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
         job = {"embed": embed, "build_seconds_total": round(build_seconds, 3),
                "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite")}}
         manifest = make_manifest(results, dim=dim, factory=cfg.factory, search_params=params,
-                                 checkpoint=checkpoint_record(cfg.checkpoint, meta),
-                                 normalized=bool(meta["model_config"].get("l2_normalize", True)),
+                                 checkpoint=checkpoint_record(ckpt),
+                                 normalized=ckpt.model_config.l2_normalize,
                                  build_params={"seed": cfg.seed, "ef_construction": cfg.ef_construction},
                                  extra_files=extra_files, extra={"job": job})
         if manifest.num_items != embed["rows"]:

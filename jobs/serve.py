@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from twotower.index.manifest import IndexFormatError, Manifest
 from twotower import storage
-from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
+from twotower.model.checkpoint import CheckpointError, read_checkpoint
 from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
 from twotower.jobs.common import run_standalone
 
@@ -74,8 +74,8 @@ def build_config(args: argparse.Namespace) -> dict:
         return yaml.safe_load(Path(args.config).read_text())
     if not args.checkpoint or not args.index:
         raise ValueError("--checkpoint and --index are required (or give --config)")
-    sha = (read_checkpoint_meta(args.checkpoint).get("sha256") or {}).get("model.pt")   # fail early
-    Manifest.read(args.index).verify_checkpoint(sha, args.index)
+    info = read_checkpoint(args.checkpoint)                                   # fail early, before Ray
+    Manifest.read(args.index).verify_checkpoint(info.model_sha256, args.index)
     app = AppArgs(checkpoint=storage.normalize(args.checkpoint),
                   dataset=storage.normalize(args.dataset) if args.dataset else None,
                   user_cache=storage.normalize(args.user_cache) if args.user_cache else None,
@@ -86,6 +86,12 @@ def build_config(args: argparse.Namespace) -> dict:
 
 
 def write_user_cache(args: argparse.Namespace) -> str:
+    """``--write-user-cache DIR``: build and write the per-user table; returns DIR.
+
+    Raises:
+        ValueError: no ``--checkpoint``; CheckpointError / FileNotFoundError / IncompatibleDatasetError:
+            see :func:`twotower.serve.loading.resolve_dataset`.
+    """
     from twotower.model.checkpoint import load_checkpoint
     from twotower.serve.loading import resolve_dataset
     from twotower.serve.user_cache import build_user_cache, save_user_cache
@@ -93,10 +99,10 @@ def write_user_cache(args: argparse.Namespace) -> str:
 
     if not args.checkpoint:
         raise ValueError("--write-user-cache needs --checkpoint")
-    loaded = load_checkpoint(args.checkpoint)
-    state = UserState.load(resolve_dataset(loaded.meta, args.dataset, args.checkpoint), loaded.schema)
-    table = build_user_cache(loaded.model, state)
-    return save_user_cache(args.write_user_cache, table, loaded.meta["sha256"]["model.pt"], state)
+    info = read_checkpoint(args.checkpoint)
+    state = UserState.load(resolve_dataset(info, args.dataset), info.schema)
+    table = build_user_cache(load_checkpoint(info.path, info=info).model, state)
+    return save_user_cache(args.write_user_cache, table, info.model_sha256, state)
 
 
 def serve_forever(config: dict, address: str | None, ready_timeout: float) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +238,20 @@ def test_user_cache_round_trip_and_checks(ml100k_dataset, users, tmp_path):
         load_user_cache(tmp_path / "c", "other", users)
     with pytest.raises(UserCacheError, match="missing"):
         load_user_cache(tmp_path / "nothing")
+
+
+def test_serving_refuses_a_dataset_the_model_was_not_trained_on(ml100k_dataset, tmp_path):
+    from twotower.model.checkpoint import IncompatibleDatasetError, read_checkpoint, save_checkpoint
+    from twotower.serve.loading import load_encoder, load_serving_state
+    info = read_checkpoint(save_checkpoint(untrained(ml100k_dataset, "trilinear"), tmp_path / "ckpt",
+                                           dataset_dir=str(ml100k_dataset)))
+    other = tmp_path / "other"
+    other.mkdir()
+    schema = json.loads((ml100k_dataset / "schema.json").read_text())
+    (other / "schema.json").write_text(json.dumps({**schema, "num_items": schema["num_items"] + 1}))
+    for load in (load_serving_state, load_encoder):
+        with pytest.raises(IncompatibleDatasetError, match=rf"trained on num_items {schema['num_items']}.*{other}"):
+            load(info, str(other))
 
 
 def _state(model, users, catalogue, dataset) -> ServingState:
