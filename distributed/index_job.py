@@ -11,13 +11,14 @@
    so a failed job never leaves an index that looks complete.
 
 Paths (checkpoint, dataset, items, out) may be local or pyarrow filesystem URIs. On a multi-node
-cluster a local ``out`` must be on storage every node shares; use a URI otherwise.
+cluster a local ``out`` must be on storage every node shares; use a URI otherwise. Ray:
+:func:`~twotower.distributed.local_ray.start_ray` (joins ``RAY_ADDRESS``, else starts a loopback-only
+local runtime with >= 4 logical CPUs; a Ray already initialised in the process is used as it is).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -27,7 +28,7 @@ import ray
 
 from twotower.distributed.index_embed import (check_item_files, embed_items, item_paths,
                                               iter_shard, shard_rows)
-from twotower.distributed.local_ray import use_loopback_only
+from twotower.distributed.local_ray import start_ray
 from twotower import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
                                   default_search_params, parse_factory)
@@ -135,22 +136,6 @@ def _ids_column(directory: str, name: str) -> np.ndarray:
     return pq.read_table(p, filesystem=fs, columns=["item_idx"]).column("item_idx").to_numpy()
 
 
-def ensure_ray() -> bool:
-    """``ray.init`` with enough logical CPUs for an actor pool plus tasks (>= 4) unless Ray is running.
-
-    With ``RAY_ADDRESS`` set (e.g. by ``ray job submit``) that cluster is joined instead. Returns True when
-    this call started or connected Ray (the caller then shuts it down or disconnects). A new local
-    runtime listens on 127.0.0.1 only (:func:`~twotower.distributed.local_ray.use_loopback_only`)."""
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-        return True
-    use_loopback_only()
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def _check_inputs(cfg: IndexJobConfig) -> tuple[CheckpointInfo, list[str], int]:
     """The checks made before Ray starts (see :func:`run_index_job` for the errors). Returns the checkpoint
     info (the job's one read of checkpoint.json), the item files to embed (none when reusing embeddings)
@@ -201,7 +186,7 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
     ckpt, paths, stored_shards = _check_inputs(cfg)
     dim = ckpt.model_config.final_embedding_dim
     params = default_search_params(cfg.factory, cfg.nprobe, cfg.ef_search)
-    started = ensure_ray()
+    started = start_ray(min_cpus=4, log_to_driver=False) is not None    # actor pool + build tasks: >= 4 CPUs
     staging = storage.staging_dir(cfg.out)
     embeddings = cfg.embeddings or storage.join(staging, "embeddings")
     try:

@@ -6,7 +6,8 @@
     twotower serve --config serve.yaml                                        # deploy an existing config
     twotower serve --checkpoint DIR --write-user-cache DIR                    # trilinear per-user table
 
-Starts a local Ray (or joins ``--address``), starts Serve with its HTTP proxy on ``--host:--port``
+Starts a local Ray (:func:`~twotower.distributed.local_ray.start_ray`: loopback-only, dashboard on
+127.0.0.1) or joins ``--address`` / ``$RAY_ADDRESS``, starts Serve with its HTTP proxy on ``--host:--port``
 (127.0.0.1 by default: nothing listens on another address unless asked), deploys the application
 declaratively (like ``serve deploy``, so an edited config can later swap the index in place), waits
 until ``/healthz`` is ready and serves until Ctrl-C. Exit codes: 0 ok, 2 bad input (checkpoint, index,
@@ -110,17 +111,20 @@ def serve_forever(config: dict, address: str | None, ready_timeout: float) -> in
     import ray
     from ray import serve
 
-    from twotower.distributed.local_ray import use_loopback_only
+    from twotower.distributed.local_ray import start_ray
     from twotower.serve.deploy import deploy_config, wait_ready
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
     http = config.get("http_options") or {"host": "127.0.0.1", "port": 8000}
-    if not address:
-        use_loopback_only()    # Ray's own services on 127.0.0.1; only the HTTP proxy follows --host
-    kwargs = {"address": address} if address else {"dashboard_host": "127.0.0.1", "include_dashboard": True}
-    ctx = ray.init(**kwargs)
+    # a local Ray is loopback-only, its dashboard (the declarative deploy's API) on 127.0.0.1; only the
+    # HTTP proxy follows --host
+    ctx = start_ray(dashboard=True, address=address)
+    if ctx is None:                                    # no RayContext, so no dashboard URL to deploy through
+        print("twotower serve: Ray is already initialised in this process; serve starts or joins its own",
+              file=sys.stderr)
+        return 1
     # after ray.init (which installs its own SIGTERM handler): SIGTERM shuts down like Ctrl-C, through
     # serve.shutdown() and ray.shutdown(); SIGINT works even when started with it ignored (``cmd &``)
     signal.signal(signal.SIGTERM, _stop)
