@@ -115,6 +115,9 @@ def test_user_state_history_and_seen_match_the_dataset(users, ml100k_dataset, sc
         assert set(users.seen(u)) == set(row["seen_items"]) | {row["item_idx"]}
     assert users.lookup("1") == 1 and users.lookup("no-such-user") == 0
     assert not users.history(0).any() and len(users.seen(0)) == 0
+    some = [0, 1, 2, users.num_users - 1, users.num_users]                   # batched; unknown rows all 0
+    np.testing.assert_array_equal(users.histories(some)[:4], np.stack([users.history(u) for u in some[:4]]))
+    assert not users.histories(some)[4].any()
 
 
 def test_user_features_for_cold_start(users):
