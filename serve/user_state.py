@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from twotower import storage
+from twotower.data.vocab import read_vocab
 from twotower.model.batch import pad_lists
 from twotower.model.schema import OOV_INDEX, DatasetSchema
 
-from .context import read_vocab
 from .schema import RequestError
 
 SPLITS = ("train", "valid", "test")
