@@ -68,13 +68,14 @@ def artifacts(args) -> tuple[Path, Path, Path]:
     index = Path(args.index) if args.index else work / f"index-{args.mode}-{args.num_shards}"
     if not (index / "manifest.json").exists():
         from twotower.index import build_local_index, checkpoint_record
-        from twotower.model.checkpoint import load_checkpoint
-        loaded = load_checkpoint(ckpt)
+        from twotower.model.checkpoint import load_checkpoint, read_checkpoint
+        info = read_checkpoint(ckpt)
+        loaded = load_checkpoint(ckpt, info=info)
         emb = loaded.model.all_item_embeddings().numpy()
         import pyarrow.parquet as pq
         ids = pq.read_table(dataset / "items.parquet", columns=["item_id"])["item_id"].to_pylist()
         build_local_index(index, emb[1:], np.arange(1, len(emb)), ids[1:], num_shards=args.num_shards,
-                          checkpoint=checkpoint_record(ckpt, loaded.meta), overwrite=True)
+                          checkpoint=checkpoint_record(info), overwrite=True)
     return dataset, ckpt, index
 
 
@@ -165,13 +166,15 @@ def main(argv=None) -> int:
     from ray import serve
 
     from twotower.index import ShardedIndex
+    from twotower.model.checkpoint import read_checkpoint
     from twotower.serve.loading import load_encoder, load_serving_state
     from twotower.serve.recommender import LocalBackend, plan_recommend, recommend
     from twotower.serve.schema import RecommendRequest
 
-    state = load_serving_state(ckpt, dataset)
+    info = read_checkpoint(ckpt)
+    state = load_serving_state(info, dataset)
     bodies = request_bodies(state, args.requests, args.k)
-    encoder, _ = load_encoder(ckpt, dataset)
+    encoder = load_encoder(info, dataset)
     index = ShardedIndex.load(index_dir)
     reqs = [RecommendRequest.model_validate(b) for b in bodies]
     plans = [plan_recommend(r, state) for r in reqs]

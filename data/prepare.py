@@ -23,8 +23,8 @@ from twotower.data.locate import find_movielens
 from twotower.data.movielens import MovieLensData, read_movielens
 from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_out, sort_order,
                                  temporal_cuts, temporal_split, user_chunks)
-from twotower.data.writer import (InteractionWriter, atomic_directory, list_column, write_json,
-                                  write_vocab)
+from twotower.data.vocab import write_vocab
+from twotower.data.writer import InteractionWriter, atomic_directory, list_column, write_json
 from twotower import storage
 from twotower.model.schema import DatasetSchema, Feature
 

@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 from twotower.data import features as F
 from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_out,
                                  temporal_cuts, temporal_split)
-from twotower.data.writer import InteractionWriter, atomic_directory, write_json, write_vocab
+from twotower.data.vocab import write_vocab
+from twotower.data.writer import InteractionWriter, atomic_directory, write_json
 from twotower.model.schema import DatasetSchema, Feature
 
 log = logging.getLogger("twotower.data")

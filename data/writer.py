@@ -1,4 +1,5 @@
-"""Writing a prepared dataset directory: atomic output directory, part files, vocabularies, JSON.
+"""Writing a prepared dataset directory: atomic output directory, part files, JSON (vocabularies:
+:mod:`twotower.data.vocab`).
 
 :func:`atomic_directory` yields a temporary directory next to the output (same filesystem) and
 renames it into place only when the ``with`` block succeeds; on any exception the temporary
@@ -141,20 +142,6 @@ class PartWriter:
         self._writer.close()
         self._writer = None
         return self.files
-
-
-def vocab_table(raw: Sequence[str] | pa.Array, start: int = 1) -> pa.Table:
-    """Vocabulary table: ``raw`` string, ``idx`` int32 = start, start+1, ... (index 0, unknown,
-    has no row)."""
-    raw_arr = raw if isinstance(raw, pa.Array) else pa.array(list(raw), pa.string())
-    idx = np.arange(start, start + len(raw_arr), dtype=np.int32)
-    return pa.table({"raw": raw_arr.cast(pa.string()), "idx": pa.array(idx)})
-
-
-def write_vocab(out: Path, name: str, raw: Sequence[str] | pa.Array) -> None:
-    """Write ``out/vocab/<name>.parquet`` (see :func:`vocab_table`)."""
-    (out / "vocab").mkdir(parents=True, exist_ok=True)
-    pq.write_table(vocab_table(raw), out / "vocab" / f"{name}.parquet")
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -27,7 +27,7 @@ from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import check_parquet_file
 from twotower import storage
 from twotower.index.build import shard_of
-from twotower.model.checkpoint import load_checkpoint
+from twotower.model.checkpoint import CheckpointInfo, load_checkpoint
 
 EMBEDDING_COLUMNS = ("item_idx", "item_id", "embedding")
 ITEM_COLUMNS = {"item_idx": "integer", "item_id": "any"}
@@ -37,19 +37,20 @@ class ItemEmbedder:
     """Ray Data actor UDF: pyarrow batch (item_idx, item_id) -> (item_idx, item_id, embedding, shard).
 
     Args:
-        checkpoint: checkpoint directory (local or URI; a URI is copied to a local temp dir once).
+        checkpoint: the checkpoint's info, read once by the driver (the weights are read from its
+            ``path``, local or URI; a URI is copied to a local temp dir once per actor).
         num_shards: S, for the ``shard`` column (:func:`twotower.index.build.shard_of` of item_id).
         device: ``cpu`` or ``cuda``. torch_threads: intra-op threads of this actor.
     Raises (from ``__call__``):
         ValueError: an item_idx outside the checkpoint's item vocabulary [0, num_items).
     """
 
-    def __init__(self, checkpoint: str, num_shards: int, device: str = "cpu", torch_threads: int = 1):
+    def __init__(self, checkpoint: CheckpointInfo, num_shards: int, device: str = "cpu", torch_threads: int = 1):
         torch.set_num_threads(max(1, torch_threads))
-        loaded = load_checkpoint(checkpoint, map_location=device)
+        loaded = load_checkpoint(checkpoint.path, map_location=device, info=checkpoint)
         self.tower = loaded.model.item_tower.eval()      # the user tower is dropped with ``loaded``
-        self.num_items = loaded.schema.num_items
-        self.dim = loaded.model_config.final_embedding_dim
+        self.num_items = checkpoint.schema.num_items
+        self.dim = checkpoint.model_config.final_embedding_dim
         self.num_shards, self.device = num_shards, device
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -109,9 +110,10 @@ def check_item_files(paths: list[str]) -> int:
     return rows
 
 
-def embed_items(checkpoint: str, paths: list[str], out: str, *, num_shards: int, batch_size: int = 4096,
+def embed_items(checkpoint: CheckpointInfo, paths: list[str], out: str, *, num_shards: int, batch_size: int = 4096,
                 num_actors: int = 2, use_gpu: bool = False, cpus_per_actor: float = 1.0) -> dict:
-    """Run stage 1 (see the module docstring) into ``out`` (local dir or URI). Ray must be initialised.
+    """Run stage 1 (see the module docstring) into ``out`` (local dir or URI). Ray must be initialised;
+    ``checkpoint`` (read by the caller) goes to every actor, so none reads ``checkpoint.json`` again.
 
     Returns:
         {"rows": items embedded, "seconds": wall time, "items_per_second": rows / seconds}.

@@ -11,13 +11,14 @@
    so a failed job never leaves an index that looks complete.
 
 Paths (checkpoint, dataset, items, out) may be local or pyarrow filesystem URIs. On a multi-node
-cluster a local ``out`` must be on storage every node shares; use a URI otherwise.
+cluster a local ``out`` must be on storage every node shares; use a URI otherwise. Ray:
+:func:`~twotower.distributed.local_ray.start_ray` (joins ``RAY_ADDRESS``, else starts a loopback-only
+local runtime with >= 4 logical CPUs; a Ray already initialised in the process is used as it is).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -27,13 +28,14 @@ import ray
 
 from twotower.distributed.index_embed import (check_item_files, embed_items, item_paths,
                                               iter_shard, shard_rows)
-from twotower.distributed.local_ray import use_loopback_only
+from twotower.distributed.local_ray import start_ray
 from twotower import storage
 from twotower.index.build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique,
                                   default_search_params, parse_factory)
 from twotower.index.local import checkpoint_record, make_manifest
-from twotower.index.manifest import Manifest
-from twotower.model.checkpoint import read_checkpoint_meta
+from twotower.index.manifest import Manifest, verify_model_sha256
+from twotower.model.checkpoint import CheckpointInfo, check_dataset, read_checkpoint
+from twotower.model.schema import DatasetSchema
 
 log = logging.getLogger("twotower.index")
 EMBEDDINGS_INFO = "_embeddings.json"
@@ -113,14 +115,19 @@ def build_shards(embeddings: str, out: str, *, num_shards: int, dim: int, factor
     return results
 
 
-def _check_reused(embeddings: str, model_sha: str | None) -> int:
-    """Partition count of a reused ``embeddings`` directory; ValueError unless this job wrote it for this model."""
+def _check_reused(embeddings: str, model_sha: str) -> int:
+    """Partition count of a reused ``embeddings`` directory.
+
+    Raises:
+        ValueError: not an embeddings directory of this job; IndexFormatError (a ValueError): written for
+            another model (:func:`~twotower.index.manifest.verify_model_sha256`).
+    """
+    path = storage.join(embeddings, EMBEDDINGS_INFO)
     try:
-        info = json.loads(storage.read_bytes(storage.join(embeddings, EMBEDDINGS_INFO)))
+        info = json.loads(storage.read_bytes(path))
     except FileNotFoundError as e:
         raise ValueError(f"{embeddings}: no {EMBEDDINGS_INFO}; not an embeddings directory of the index job") from e
-    if info.get("model_sha256") != model_sha:
-        raise ValueError(f"{embeddings}: computed with another checkpoint (model sha256 differs)")
+    verify_model_sha256(info.get("model_sha256"), model_sha, path)
     return int(info["num_shards"])
 
 
@@ -129,20 +136,38 @@ def _ids_column(directory: str, name: str) -> np.ndarray:
     return pq.read_table(p, filesystem=fs, columns=["item_idx"]).column("item_idx").to_numpy()
 
 
-def ensure_ray() -> bool:
-    """``ray.init`` with enough logical CPUs for an actor pool plus tasks (>= 4) unless Ray is running.
+def _check_inputs(cfg: IndexJobConfig) -> tuple[CheckpointInfo, list[str], int]:
+    """The checks made before Ray starts (see :func:`run_index_job` for the errors). Returns the checkpoint
+    info (the job's one read of checkpoint.json), the item files to embed (none when reusing embeddings)
+    and the number of partitions of the embeddings the shards are built from."""
+    if cfg.num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {cfg.num_shards}")
+    if storage.is_nonempty(cfg.out) and not cfg.overwrite:
+        raise FileExistsError(f"{cfg.out} already exists and is not empty; use --overwrite to replace it")
+    ckpt = read_checkpoint(cfg.checkpoint)
+    parse_factory(cfg.factory, ckpt.model_config.final_embedding_dim)
+    if cfg.embeddings is not None:
+        return ckpt, [], _check_reused(cfg.embeddings, ckpt.model_sha256)
+    if cfg.dataset:
+        check_dataset(ckpt.schema, DatasetSchema.load(cfg.dataset), checkpoint=cfg.checkpoint, dataset_dir=cfg.dataset)
+    paths = item_paths(cfg.dataset, cfg.items)
+    check_item_files(paths)                  # footers + columns of every item file
+    return ckpt, paths, cfg.num_shards
 
-    With ``RAY_ADDRESS`` set (e.g. by ``ray job submit``) that cluster is joined instead. Returns True when
-    this call started or connected Ray (the caller then shuts it down or disconnects). A new local
-    runtime listens on 127.0.0.1 only (:func:`~twotower.distributed.local_ray.use_loopback_only`)."""
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-        return True
-    use_loopback_only()
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    return True
+
+def _embed_stage(cfg: IndexJobConfig, ckpt: CheckpointInfo, paths: list[str], embeddings: str,
+                 stored_shards: int) -> dict:
+    """Stage 1 into ``embeddings`` (plus its ``_embeddings.json``), or the row count of reused embeddings;
+    returns the manifest's ``extra.job.embed`` record."""
+    if cfg.embeddings is not None:
+        return {"reused": str(cfg.embeddings), "rows": sum(shard_rows(embeddings, s) for s in range(stored_shards))}
+    embed = embed_items(ckpt, paths, embeddings, num_shards=cfg.num_shards, batch_size=cfg.batch_size,
+                        num_actors=cfg.num_actors, use_gpu=cfg.use_gpu, cpus_per_actor=cfg.cpus_per_actor)
+    info = {"num_shards": cfg.num_shards, "rows": embed["rows"], "dim": ckpt.model_config.final_embedding_dim,
+            "model_sha256": ckpt.model_sha256}
+    storage.write_bytes(storage.join(embeddings, EMBEDDINGS_INFO), json.dumps(info).encode())
+    log.info("embedded %d items in %.1fs (%.0f items/s)", embed["rows"], embed["seconds"], embed["items_per_second"])
+    return embed
 
 
 def run_index_job(cfg: IndexJobConfig) -> Manifest:
@@ -154,35 +179,18 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
             truncated or lacks item_idx/item_id (names the file; checked before Ray starts).
         CheckpointError: unreadable checkpoint. IndexBuildError: factory/shard mismatch (e.g. a shard
             with fewer vectors than IVF lists) or an item listed twice. ValueError: bad arguments or item
-            indices outside the checkpoint's vocabulary.
+            indices outside the checkpoint's vocabulary; IncompatibleDatasetError (a ValueError): a
+            ``dataset`` the checkpoint was not trained on; IndexFormatError (a ValueError): reused
+            ``embeddings`` of another model.
     """
-    if cfg.num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {cfg.num_shards}")
-    if storage.is_nonempty(cfg.out) and not cfg.overwrite:
-        raise FileExistsError(f"{cfg.out} already exists and is not empty; use --overwrite to replace it")
-    meta = read_checkpoint_meta(cfg.checkpoint)
-    dim = int(meta["model_config"]["final_embedding_dim"])
-    parse_factory(cfg.factory, dim)
+    ckpt, paths, stored_shards = _check_inputs(cfg)
+    dim = ckpt.model_config.final_embedding_dim
     params = default_search_params(cfg.factory, cfg.nprobe, cfg.ef_search)
-    paths = item_paths(cfg.dataset, cfg.items) if cfg.embeddings is None else []
-    check_item_files(paths)                  # footers + columns of every item file, before Ray starts
-    model_sha = meta.get("sha256", {}).get("model.pt")
-    stored_shards = _check_reused(cfg.embeddings, model_sha) if cfg.embeddings is not None else cfg.num_shards
-    started = ensure_ray()
+    started = start_ray(min_cpus=4, log_to_driver=False) is not None    # actor pool + build tasks: >= 4 CPUs
     staging = storage.staging_dir(cfg.out)
     embeddings = cfg.embeddings or storage.join(staging, "embeddings")
     try:
-        if cfg.embeddings is None:
-            embed = embed_items(cfg.checkpoint, paths, embeddings, num_shards=cfg.num_shards,
-                                batch_size=cfg.batch_size, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu,
-                                cpus_per_actor=cfg.cpus_per_actor)
-            info = {"num_shards": cfg.num_shards, "rows": embed["rows"], "dim": dim, "model_sha256": model_sha}
-            storage.write_bytes(storage.join(embeddings, EMBEDDINGS_INFO), json.dumps(info).encode())
-            log.info("embedded %d items in %.1fs (%.0f items/s)", embed["rows"], embed["seconds"],
-                     embed["items_per_second"])
-        else:
-            embed = {"reused": str(cfg.embeddings),
-                     "rows": sum(shard_rows(embeddings, s) for s in range(stored_shards))}
+        embed = _embed_stage(cfg, ckpt, paths, embeddings, stored_shards)
         t0 = time.perf_counter()
         results = build_shards(embeddings, staging, num_shards=cfg.num_shards, dim=dim, factory=cfg.factory,
                                search_params=params, seed=cfg.seed, ef_construction=cfg.ef_construction,
@@ -198,8 +206,8 @@ def run_index_job(cfg: IndexJobConfig) -> Manifest:
         job = {"embed": embed, "build_seconds_total": round(build_seconds, 3),
                "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite")}}
         manifest = make_manifest(results, dim=dim, factory=cfg.factory, search_params=params,
-                                 checkpoint=checkpoint_record(cfg.checkpoint, meta),
-                                 normalized=bool(meta["model_config"].get("l2_normalize", True)),
+                                 checkpoint=checkpoint_record(ckpt),
+                                 normalized=ckpt.model_config.l2_normalize,
                                  build_params={"seed": cfg.seed, "ef_construction": cfg.ef_construction},
                                  extra_files=extra_files, extra={"job": job})
         if manifest.num_items != embed["rows"]:

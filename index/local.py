@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,12 +17,14 @@ from .build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique
                     parse_factory, shard_of)
 from .manifest import PARTITION, Manifest, ShardInfo
 
+if TYPE_CHECKING:                      # twotower.index does not import torch (twotower.model) at run time
+    from twotower.model.checkpoint import CheckpointInfo
 
-def checkpoint_record(checkpoint_dir: str | os.PathLike | None, meta: dict | None) -> dict:
-    """The manifest's ``checkpoint`` entry from a checkpoint directory and its checkpoint.json dict."""
-    meta = meta or {}
-    return {"path": str(checkpoint_dir) if checkpoint_dir is not None else None,
-            "model_sha256": meta.get("sha256", {}).get("model.pt"), "epoch": meta.get("epoch")}
+
+def checkpoint_record(info: CheckpointInfo) -> dict:
+    """The manifest's ``checkpoint`` entry (``path``, ``model_sha256``, ``epoch``) of a checkpoint's
+    :func:`~twotower.model.checkpoint.read_checkpoint`."""
+    return {"path": info.path, "model_sha256": info.model_sha256 or None, "epoch": info.meta.get("epoch")}
 
 
 def make_manifest(results: Sequence[tuple[ShardInfo, dict[str, str]]], *, dim: int, factory: str,

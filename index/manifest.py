@@ -28,7 +28,22 @@ PARTITION = {"method": "hash", "hash": "blake2b-64(item_id utf-8), big-endian, m
 
 class IndexFormatError(ValueError):
     """An index directory that is missing files, corrupted (sha256 mismatch), inconsistent (dimension,
-    counts, metric) or of an unknown format version. The message names the file and the mismatch."""
+    counts, metric), of an unknown format version, or built from another checkpoint than the one it is
+    used with. The message names the file and the mismatch."""
+
+
+def verify_model_sha256(recorded: str | None, model_sha256: str, where: str) -> None:
+    """The one check that an index artifact was built from a checkpoint: the sha256 of ``model.pt`` that
+    the artifact records (``manifest.json``'s ``checkpoint.model_sha256``, the index job's
+    ``_embeddings.json``) must equal the checkpoint's (``CheckpointInfo.model_sha256``).
+
+    Raises:
+        IndexFormatError: they differ, or the artifact records none; the message names ``where`` (the
+            file) and both digests.
+    """
+    if recorded != model_sha256:
+        raise IndexFormatError(f"{where}: built from checkpoint model sha256 {str(recorded)[:16]}..., "
+                               f"the checkpoint used with it has {str(model_sha256)[:16]}...")
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,12 @@ class Manifest:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise IndexFormatError(f"{path}: not valid JSON: {e}") from e
         return cls.from_dict(d, where=path)
+
+    def verify_checkpoint(self, model_sha256: str, directory: str) -> None:
+        """Raise IndexFormatError unless this manifest (read from ``directory``) records the checkpoint
+        whose model.pt has sha256 ``model_sha256`` (:func:`verify_model_sha256`)."""
+        verify_model_sha256(self.checkpoint.get("model_sha256"), model_sha256,
+                            storage.join(str(directory), MANIFEST_NAME))
 
     def verify_files(self, directory: str) -> None:
         """Check that every file listed in ``files`` exists under ``directory`` with the recorded sha256.

@@ -1,4 +1,5 @@
-"""Loading an index directory and searching all of its shards with an exact merge."""
+"""Loading an index directory (all of its shards, or some: one searcher per shard) and searching it with
+the exact merge of :mod:`twotower.index.merge`."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 from twotower import storage
 from .build import apply_search_params, parse_factory
 from .manifest import IndexFormatError, Manifest
+from .merge import merge_topk
 
 SMALL_BATCH = 20   # below this many queries FAISS searches single-threaded, so shards run in threads
 
@@ -60,7 +62,8 @@ class ShardedIndex:
                 (``manifest.verify_files(path)`` also checks the optional ``embeddings/``).
             search_params: override the stored ``nprobe`` / ``efSearch``.
             shards: load only these shard numbers (e.g. one searcher per shard); the returned index's
-                manifest then lists only them (``num_items`` = their total).
+                manifest then lists only them (``num_items`` = their total) and its ``extra`` records the
+                whole index's ``index_num_items`` and ``index_num_shards``.
         Raises:
             IndexFormatError: no/invalid manifest, unknown format version, a missing or corrupted shard
                 or id-map file, a shard whose dimension, metric or vector count differs from the manifest,
@@ -74,7 +77,9 @@ class ShardedIndex:
             if bad:
                 raise IndexFormatError(f"{path}: has {manifest.num_shards} shards, no shard {bad[0]}")
             chosen = [manifest.shards[s] for s in shards]
-            manifest = dataclasses.replace(manifest, shards=chosen, num_items=sum(s.count for s in chosen))
+            whole = {"index_num_items": manifest.num_items, "index_num_shards": manifest.num_shards}
+            manifest = dataclasses.replace(manifest, shards=chosen, num_items=sum(s.count for s in chosen),
+                                           extra={**manifest.extra, **whole})
         params = {**manifest.search_params, **(search_params or {})}
         indexes, idx, ids = [], [], []
         tmp = None if not storage.is_uri(path) else tempfile.mkdtemp(prefix="twotower-index-")
@@ -139,33 +144,31 @@ class ShardedIndex:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {q.shape}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        n = len(q)
-        extra, excl = np.zeros(self.num_shards, np.int64), None
+        excl = None
         if exclude is not None:
-            if len(exclude) != n:
-                raise ValueError(f"exclude has {len(exclude)} entries for {n} queries")
+            if len(exclude) != len(q):
+                raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
             excl = [np.asarray(e if e is not None else [], dtype=np.int64) for e in exclude]
-            for e in excl:
-                if len(e) and len(self._sorted_idx):
-                    pos = np.searchsorted(self._sorted_idx, e).clip(0, len(self._sorted_idx) - 1)
-                    hit = self._sorted_idx[pos] == e
-                    extra = np.maximum(extra, np.bincount(self._sorted_shard[pos[hit]], minlength=self.num_shards))
+        extra = self._excluded_per_shard(excl)
         parts = self._search_shards(q, [int(min(k + extra[s], self._shards[s].ntotal)) for s in range(self.num_shards)])
-        scores = np.concatenate([p[0] for p in parts] + [np.full((n, 0), -np.inf, np.float32)], axis=1)
-        items = np.concatenate([p[1] for p in parts] + [np.full((n, 0), -1, np.int64)], axis=1)
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        items = np.concatenate([p[1] for p in parts], axis=1)
         if excl is not None:
             for r, e in enumerate(excl):
                 if len(e):
                     drop = np.isin(items[r], e)
                     scores[r, drop], items[r, drop] = -np.inf, -1
-        tie = np.where(items < 0, np.iinfo(np.int64).max, items)
-        order = np.lexsort((tie, -scores), axis=1)[:, :k] if scores.shape[1] else np.zeros((n, 0), np.int64)
-        out_s = np.full((n, k), -np.inf, np.float32)
-        out_i = np.full((n, k), -1, np.int64)
-        out_s[:, :order.shape[1]] = np.take_along_axis(scores, order, axis=1)
-        out_i[:, :order.shape[1]] = np.take_along_axis(items, order, axis=1)
-        out_i[np.isneginf(out_s)] = -1
-        return out_s, out_i
+        return merge_topk([scores], [items], k)
+
+    def _excluded_per_shard(self, excl: list[np.ndarray] | None) -> np.ndarray:
+        """int64 (S,): the most excluded items of one query that shard s holds (its extra results to fetch)."""
+        extra = np.zeros(self.num_shards, np.int64)
+        for e in excl or ():
+            if len(e) and len(self._sorted_idx):
+                pos = np.searchsorted(self._sorted_idx, e).clip(0, len(self._sorted_idx) - 1)
+                hit = self._sorted_idx[pos] == e
+                extra = np.maximum(extra, np.bincount(self._sorted_shard[pos[hit]], minlength=self.num_shards))
+        return extra
 
     def _search_shards(self, q: np.ndarray, ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per shard: (scores (n, ks[s]) float32, item_idx (n, ks[s]) int64), -inf/-1 where empty."""
@@ -189,9 +192,7 @@ class ShardedIndex:
         while len(rows):
             fetch = min(2 * fetch, index.ntotal)
             d2, i2 = self._raw_search(s, q[rows], fetch)
-            order = np.lexsort((np.where(i2 < 0, np.iinfo(np.int64).max, i2), -d2), axis=1)[:, :k]
-            out_d[rows] = np.take_along_axis(d2, order, axis=1)
-            out_i[rows] = np.take_along_axis(i2, order, axis=1)
+            out_d[rows], out_i[rows] = merge_topk([d2], [i2], k)
             more = (d2[:, -1] == out_d[rows, k - 1]) & (i2[:, -1] >= 0) & (fetch < index.ntotal)
             rows = rows[more]
         return out_d, out_i
@@ -203,11 +204,9 @@ class ShardedIndex:
         return np.where(valid, dist, -np.inf).astype(np.float32), items
 
     def verify_checkpoint(self, model_sha256: str) -> None:
-        """Raise IndexFormatError unless the index was built from the checkpoint whose model.pt has this sha256."""
-        built = self.manifest.checkpoint.get("model_sha256")
-        if built != model_sha256:
-            raise IndexFormatError(f"{storage.join(self.path, 'manifest.json')}: built from checkpoint model "
-                                   f"sha256 {str(built)[:16]}..., queries come from {model_sha256[:16]}...")
+        """Raise IndexFormatError unless the index was built from the checkpoint whose model.pt has this
+        sha256 (see :meth:`Manifest.verify_checkpoint`)."""
+        self.manifest.verify_checkpoint(model_sha256, self.path)
 
 
 def _fetch(directory: str, name: str, tmp: str | None, sha256: str | None) -> str:

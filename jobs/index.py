@@ -4,8 +4,9 @@
         --shards 4 --factory "IVF1024,Flat" --nprobe 64
 
 Mounting in another CLI: ``add_subparser(subparsers)`` registers ``index`` and sets ``func`` (returns the
-exit code). Exit codes: 0 ok, 2 bad input (output exists, unreadable checkpoint, factory that does not
-fit the data, bad item indices). Output layout: :mod:`twotower.index.manifest`.
+exit code). Exit codes: 0 ok, 2 bad input (output exists, unreadable checkpoint, a dataset the checkpoint
+was not trained on, reused embeddings of another checkpoint, factory that does not fit the data, bad
+item indices). Output layout: :mod:`twotower.index.manifest`.
 """
 from __future__ import annotations
 

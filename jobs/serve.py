@@ -6,7 +6,8 @@
     twotower serve --config serve.yaml                                        # deploy an existing config
     twotower serve --checkpoint DIR --write-user-cache DIR                    # trilinear per-user table
 
-Starts a local Ray (or joins ``--address``), starts Serve with its HTTP proxy on ``--host:--port``
+Starts a local Ray (:func:`~twotower.distributed.local_ray.start_ray`: loopback-only, dashboard on
+127.0.0.1) or joins ``--address`` / ``$RAY_ADDRESS``, starts Serve with its HTTP proxy on ``--host:--port``
 (127.0.0.1 by default: nothing listens on another address unless asked), deploys the application
 declaratively (like ``serve deploy``, so an edited config can later swap the index in place), waits
 until ``/healthz`` is ready and serves until Ctrl-C. Exit codes: 0 ok, 2 bad input (checkpoint, index,
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from twotower.index.manifest import IndexFormatError, Manifest
 from twotower import storage
-from twotower.model.checkpoint import CheckpointError, read_checkpoint_meta
+from twotower.model.checkpoint import CheckpointError, read_checkpoint
 from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
 from twotower.jobs.common import run_standalone
 
@@ -64,15 +65,18 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> dict:
-    """The Serve config from ``--config`` or the flags. Raises ValueError / CheckpointError / IndexFormatError."""
+    """The Serve config from ``--config`` or the flags.
+
+    Raises:
+        ValueError: missing flags. CheckpointError: unreadable checkpoint. IndexFormatError: unreadable
+            index manifest, or an index not built from ``--checkpoint`` (checked here, before Ray starts).
+    """
     if args.config:
         return yaml.safe_load(Path(args.config).read_text())
     if not args.checkpoint or not args.index:
         raise ValueError("--checkpoint and --index are required (or give --config)")
-    sha = (read_checkpoint_meta(args.checkpoint).get("sha256") or {}).get("model.pt")   # fail early
-    built = Manifest.read(args.index).checkpoint.get("model_sha256")
-    if sha and built and sha != built:
-        raise ValueError(f"{args.index} was built from checkpoint model {built[:12]}, {args.checkpoint} is {sha[:12]}")
+    info = read_checkpoint(args.checkpoint)                                   # fail early, before Ray
+    Manifest.read(args.index).verify_checkpoint(info.model_sha256, args.index)
     app = AppArgs(checkpoint=storage.normalize(args.checkpoint),
                   dataset=storage.normalize(args.dataset) if args.dataset else None,
                   user_cache=storage.normalize(args.user_cache) if args.user_cache else None,
@@ -83,6 +87,12 @@ def build_config(args: argparse.Namespace) -> dict:
 
 
 def write_user_cache(args: argparse.Namespace) -> str:
+    """``--write-user-cache DIR``: build and write the per-user table; returns DIR.
+
+    Raises:
+        ValueError: no ``--checkpoint``; CheckpointError / FileNotFoundError / IncompatibleDatasetError:
+            see :func:`twotower.serve.loading.resolve_dataset`.
+    """
     from twotower.model.checkpoint import load_checkpoint
     from twotower.serve.loading import resolve_dataset
     from twotower.serve.user_cache import build_user_cache, save_user_cache
@@ -90,10 +100,10 @@ def write_user_cache(args: argparse.Namespace) -> str:
 
     if not args.checkpoint:
         raise ValueError("--write-user-cache needs --checkpoint")
-    loaded = load_checkpoint(args.checkpoint)
-    state = UserState.load(resolve_dataset(loaded.meta, args.dataset, args.checkpoint), loaded.schema)
-    table = build_user_cache(loaded.model, state)
-    return save_user_cache(args.write_user_cache, table, loaded.meta["sha256"]["model.pt"], state)
+    info = read_checkpoint(args.checkpoint)
+    state = UserState.load(resolve_dataset(info, args.dataset), info.schema)
+    table = build_user_cache(load_checkpoint(info.path, info=info).model, state)
+    return save_user_cache(args.write_user_cache, table, info.model_sha256, state)
 
 
 def serve_forever(config: dict, address: str | None, ready_timeout: float) -> int:
@@ -101,17 +111,20 @@ def serve_forever(config: dict, address: str | None, ready_timeout: float) -> in
     import ray
     from ray import serve
 
-    from twotower.distributed.local_ray import use_loopback_only
+    from twotower.distributed.local_ray import start_ray
     from twotower.serve.deploy import deploy_config, wait_ready
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
     http = config.get("http_options") or {"host": "127.0.0.1", "port": 8000}
-    if not address:
-        use_loopback_only()    # Ray's own services on 127.0.0.1; only the HTTP proxy follows --host
-    kwargs = {"address": address} if address else {"dashboard_host": "127.0.0.1", "include_dashboard": True}
-    ctx = ray.init(**kwargs)
+    # a local Ray is loopback-only, its dashboard (the declarative deploy's API) on 127.0.0.1; only the
+    # HTTP proxy follows --host
+    ctx = start_ray(dashboard=True, address=address)
+    if ctx is None:                                    # no RayContext, so no dashboard URL to deploy through
+        print("twotower serve: Ray is already initialised in this process; serve starts or joins its own",
+              file=sys.stderr)
+        return 1
     # after ray.init (which installs its own SIGTERM handler): SIGTERM shuts down like Ctrl-C, through
     # serve.shutdown() and ray.shutdown(); SIGINT works even when started with it ignored (``cmd &``)
     signal.signal(signal.SIGTERM, _stop)

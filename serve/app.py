@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from twotower.model.checkpoint import read_checkpoint_meta
+from twotower.model.checkpoint import read_checkpoint
 
 from .config import AppArgs, searcher_name
 from .fanout import search_all
@@ -40,12 +40,14 @@ STATUS_TIMEOUT_S = 5.0
 
 @serve.deployment(name="QueryEncoder", max_ongoing_requests=64)
 class QueryEncoderDeployment:
-    """Query vectors from resolved requests, batched across concurrent requests."""
+    """Query vectors from resolved requests, batched across concurrent requests (reads the checkpoint
+    once per replica)."""
 
     def __init__(self, checkpoint: str, dataset: str | None = None, user_cache: str | None = None,
                  threads: int = 1, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002):
         torch.set_num_threads(threads)
-        self.encoder, self.model_version = load_encoder(checkpoint, dataset, user_cache)
+        info = read_checkpoint(checkpoint)
+        self.encoder, self.model_version = load_encoder(info, dataset, user_cache), info.model_version
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -65,7 +67,8 @@ class QueryEncoderDeployment:
 
 @serve.deployment(name="Searcher", max_ongoing_requests=64)
 class ShardSearcher:
-    """One index shard. ``user_config``: ``{"index_dir": DIR, "verify": bool, "search_params": {...}}``."""
+    """One index shard. ``user_config``: ``{"index_dir": DIR, "verify": bool, "search_params": {...}}``;
+    ``model_sha256``: the serving checkpoint's, every index loaded must be built from it."""
 
     def __init__(self, shard: int, model_sha256: str | None = None, threads: int = 1, max_batch_size: int = 32,
                  batch_wait_timeout_s: float = 0.001):
@@ -156,7 +159,7 @@ class Ingress:
 
     def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle], checkpoint: str,
                  dataset: str | None = None, backend_timeout_s: float = 10.0, retry_after_s: int = 2):
-        self.state = load_serving_state(checkpoint, dataset)
+        self.state = load_serving_state(read_checkpoint(checkpoint), dataset)
         self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
 
     @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
@@ -204,7 +207,7 @@ def build_app(args: dict) -> serve.Application:
         IndexFormatError / ValueError: shard count unknown (neither ``num_shards`` nor a readable ``index``).
     """
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    sha = (read_checkpoint_meta(a.checkpoint).get("sha256") or {}).get("model.pt")
+    sha = read_checkpoint(a.checkpoint).model_sha256           # this process's one read (each replica reads its own)
     quiet = {"enable_access_log": False}
     common = {"ray_actor_options": {"num_cpus": a.num_cpus}, "max_ongoing_requests": a.max_ongoing_requests,
               "health_check_period_s": a.health_check_period_s}

@@ -19,27 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from twotower.data.features import context_features
-from twotower import storage
+from twotower.data.vocab import read_vocab
 from twotower.model.schema import DatasetSchema
 
 from .schema import RequestError
 
 TIMESTAMP = "timestamp"
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
-
-
-def read_vocab(dataset_dir: str | Path, name: str) -> dict[str, int] | None:
-    """``vocab/<name>.parquet`` (local or URI dataset) as {raw value: index}, or None when the dataset
-    has no such file."""
-    fs, path = storage.resolve(storage.join(dataset_dir, "vocab", f"{name}.parquet"))
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    table = pq.read_table(path, columns=["raw", "idx"], filesystem=fs)
-    return dict(zip(table["raw"].to_pylist(), (int(i) for i in table["idx"].to_pylist())))
 
 
 def context_vocabs(schema: DatasetSchema, dataset_dir: str | Path | None) -> dict[str, dict[str, int]]:

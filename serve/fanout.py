@@ -1,4 +1,5 @@
-"""Fan-out of one query to every shard searcher, version agreement, and the exact merge.
+"""Fan-out of one query to every shard searcher, version agreement, and the exact merge
+(:func:`twotower.index.merge.merge_topk`, the one ``ShardedIndex.search`` uses).
 
 During an index swap (searchers reconfigured one after another) shards may answer from different
 index versions. Every searcher keeps the previous version loaded, so :func:`search_all` retries the
@@ -20,8 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
+from twotower.index.merge import merge_topk
+
 from .schema import Unavailable
-from .shards import SearchRequest, SearchResult, merge_topk
+from .shards import SearchRequest, SearchResult
 
 Searcher = Callable[[SearchRequest], Awaitable[SearchResult]]
 DEFAULT_TIMEOUT_S = 10.0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from twotower.model.batch import pad_lists
 from twotower.model.config import ContextMode
 from twotower.model.twotower import TwoTowerModel
 
@@ -67,11 +68,7 @@ class QueryEncoder:
         """Model input tensors; user features are always passed as overrides (table values for known
         users, request values for cold-start rows) so one batch can mix both."""
         user_idx = torch.as_tensor([int(q.user_idx) for q in inputs], dtype=torch.int64)
-        n = self.schema.history_length
-        hist = np.zeros((len(inputs), n), np.int64)
-        for r, q in enumerate(inputs):
-            h = np.asarray(q.history, np.int64)[:n]
-            hist[r, :len(h)] = h
+        hist = pad_lists([q.history for q in inputs], self.schema.history_length)
         batch = {"user_idx": user_idx, "item_idx": torch.zeros_like(user_idx), "history": torch.from_numpy(hist)}
         batch.update({k: torch.from_numpy(v) for k, v in context_batch([q.context for q in inputs], self.schema).items()})
         for f in self.schema.user_features:

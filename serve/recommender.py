@@ -24,8 +24,8 @@ from twotower.model.schema import DatasetSchema
 from .catalogue import Catalogue
 from .context import resolve_context
 from .query import QueryEncoder, QueryInput
-from .schema import (RecommendRequest, RecommendResponse, RequestError, ScoredItem, SimilarItemsRequest,
-                     SimilarItemsResponse)
+from .schema import (RecommendPath, RecommendRequest, RecommendResponse, RequestError, ScoredItem,
+                     SimilarItemsRequest, SimilarItemsResponse)
 from .user_state import UserState
 
 
@@ -48,7 +48,7 @@ class Plan:
 
     user_id: str
     k: int
-    path: str
+    path: RecommendPath
     strategy: str | None
     context: dict[str, float | int]
     exclude: np.ndarray

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
 
 MAX_K = 1000
-Path = Literal["model", "cold_start"]
+RecommendPath = Literal["model", "cold_start"]     # which path answered: RecommendResponse.path
 
 
 def _scalar(value: object) -> object:
@@ -112,7 +112,7 @@ class RecommendResponse(BaseModel):
 
     user_id: str
     items: list[ScoredItem]
-    path: Path
+    path: RecommendPath
     cold_start_strategy: Literal["user_features", "popularity"] | None = None
     model_version: str
     index_version: str | None = None

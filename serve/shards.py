@@ -1,31 +1,26 @@
-"""One index shard per searcher: loading a single shard, index versions, batched search, exact merge.
+"""One index shard per searcher: index versions, the loaded versions of a shard, batched search.
 
 An index directory (``twotower.index.manifest``) holds S shards; serving runs one searcher per shard.
-:func:`load_shard` opens shard ``s`` alone as a one-shard :class:`~twotower.index.ShardedIndex`, so its
-``search`` (exclusions, ties by ascending item_idx) is the per-shard half of ``ShardedIndex.search``,
-and :func:`merge_topk` the other half: merging the per-shard top-k of all shards gives exactly the
-top-k of ``ShardedIndex.search`` over the whole directory.
+:class:`ShardStore` opens shard ``s`` alone with ``ShardedIndex.load(index_dir, shards=[s])`` (every
+check of the full loader: sha256 of its files, dimension, metric, counts, id map), so its ``search``
+(exclusions, ties by ascending item_idx) is the per-shard half of ``ShardedIndex.search``, and
+:func:`twotower.index.merge.merge_topk` in the fan-out (:mod:`twotower.serve.fanout`) the other half:
+merging the per-shard top-k of all shards gives exactly the top-k of ``ShardedIndex.search`` over the
+whole directory.
 
 Index version: the first 12 hex digits of the sha256 of ``manifest.json`` (which lists the sha256 of
 every file), so a rebuilt index is a new version even at the same path.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
 from twotower import storage
-from twotower.index.build import apply_search_params
-from twotower.index.manifest import MANIFEST_NAME, IndexFormatError, Manifest
+from twotower.index.manifest import MANIFEST_NAME, IndexFormatError
 from twotower.index.sharded import ShardedIndex
 
 KEEP_VERSIONS = 2
@@ -37,53 +32,6 @@ def index_version(index_dir: str) -> str:
         return hashlib.sha256(storage.read_bytes(storage.join(str(index_dir), MANIFEST_NAME))).hexdigest()[:12]
     except FileNotFoundError as e:
         raise IndexFormatError(f"{storage.join(str(index_dir), MANIFEST_NAME)}: missing") from e
-
-
-def load_shard(index_dir: str, shard: int, *, verify: bool = True,
-               search_params: dict[str, int] | None = None) -> ShardedIndex:
-    """Shard ``shard`` of the index at ``index_dir`` as a one-shard ShardedIndex.
-
-    Raises:
-        IndexFormatError: invalid manifest, no such shard, a missing/corrupted shard or id-map file (with
-            ``verify``), or a shard whose dimension, metric or count differs from the manifest.
-    """
-    index_dir = str(index_dir)
-    manifest = Manifest.read(index_dir)
-    if not 0 <= shard < manifest.num_shards:
-        raise IndexFormatError(f"{index_dir}: has {manifest.num_shards} shards, no shard {shard}")
-    info = manifest.shards[shard]
-    if verify:
-        for name in (info.index_file, info.ids_file):
-            try:
-                found = storage.sha256(storage.join(index_dir, name))
-            except FileNotFoundError as e:
-                raise IndexFormatError(f"{storage.join(index_dir, name)}: missing (listed in manifest.json)") from e
-            if found != manifest.files[name]:
-                raise IndexFormatError(f"{storage.join(index_dir, name)}: sha256 mismatch (file corrupted or modified)")
-    tmp = tempfile.mkdtemp(prefix="twotower-shard-")
-    try:
-        local = os.path.join(tmp, "shard.faiss")
-        storage.download(storage.join(index_dir, info.index_file), local)
-        index = faiss.read_index(local)
-        fs, p = storage.resolve(storage.join(index_dir, info.ids_file))
-        ids = pq.read_table(p, filesystem=fs, columns=["item_idx", "item_id"])
-    except FileNotFoundError as e:
-        raise IndexFormatError(f"{index_dir}: shard {shard} file missing: {e}") from e
-    except RuntimeError as e:
-        raise IndexFormatError(f"{storage.join(index_dir, info.index_file)}: not a readable FAISS index") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if index.d != manifest.dim or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != info.count \
-            or ids.num_rows != info.count:
-        raise IndexFormatError(f"{index_dir}: shard {shard} does not match the manifest (dim {index.d}, "
-                               f"{index.ntotal} vectors, {ids.num_rows} ids; manifest dim {manifest.dim}, {info.count})")
-    params = {**manifest.search_params, **(search_params or {})}
-    apply_search_params(index, params)
-    sub = dataclasses.replace(manifest, shards=[info], num_items=info.count, search_params=params,
-                              extra={**manifest.extra, "index_num_items": manifest.num_items,
-                                     "index_num_shards": manifest.num_shards})
-    return ShardedIndex(sub, [index], [ids["item_idx"].to_numpy().astype(np.int64)],
-                        [np.asarray(ids["item_id"].to_pylist(), dtype=object)], index_dir)
 
 
 @dataclass
@@ -129,17 +77,16 @@ class ShardStore:
         serves). Returns (version, shard index), the index None when that version is already loaded.
 
         Raises:
-            IndexFormatError: see :func:`load_shard`, or an index built from another checkpoint than
-                ``model_sha256`` (when both are known).
+            IndexFormatError: see ``ShardedIndex.load`` (also: no such shard), or, when ``model_sha256`` (the
+                serving checkpoint's) is given, an index not built from that checkpoint
+                (``ShardedIndex.verify_checkpoint``).
         """
         version = index_version(index_dir)
         if version in self.versions:
             return version, None
-        index = load_shard(index_dir, self.shard, verify=verify, search_params=search_params)
-        built = index.manifest.checkpoint.get("model_sha256")
-        if model_sha256 and built and built != model_sha256:
-            raise IndexFormatError(f"{index_dir}: built from checkpoint model {built[:12]}, serving model is "
-                                   f"{model_sha256[:12]}")
+        index = ShardedIndex.load(index_dir, shards=[self.shard], verify=verify, search_params=search_params)
+        if model_sha256 is not None:
+            index.verify_checkpoint(model_sha256)
         return version, index
 
     def install(self, version: str, index: ShardedIndex | None, index_dir: str) -> None:
@@ -202,17 +149,3 @@ class ShardStore:
                 out[i] = SearchResult(v, held, scores[j, :kk], items[j, :kk])
         return out  # type: ignore[return-value]
 
-
-def merge_topk(scores: Sequence[np.ndarray], items: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact merge of per-shard results (each float32 / int64 (k_s,), best first) into the global top-k.
-
-    Order: score descending, ties by ascending item_idx (as ``ShardedIndex.search``); -inf / -1 slots
-    sort last and pad the output to (k,).
-    """
-    s = np.concatenate([np.asarray(x, np.float32) for x in scores] + [np.zeros(0, np.float32)])
-    i = np.concatenate([np.asarray(x, np.int64) for x in items] + [np.zeros(0, np.int64)])
-    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s))[:k]
-    out_s, out_i = np.full(k, -np.inf, np.float32), np.full(k, -1, np.int64)
-    out_s[:len(order)], out_i[:len(order)] = s[order], i[order]
-    out_i[np.isneginf(out_s)] = -1
-    return out_s, out_i

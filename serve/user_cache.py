@@ -63,7 +63,7 @@ def build_user_cache(model: TwoTowerModel, state: UserState, batch_size: int = 4
     out = np.zeros((n, model.cfg.final_embedding_dim), np.float32)
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))
-        hist = np.stack([state.history(int(u)) for u in idx])
+        hist = state.histories(idx)
         out[idx] = model.user_embeddings(torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(hist)).numpy()
     return out
 

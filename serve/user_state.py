@@ -5,7 +5,8 @@ ordered by (user, timestamp, split, row) exactly as ``twotower prepare`` orders 
 history here is the ``history`` the model would see for a next interaction after the last one:
 
 * ``history(u)``: the N = ``history_length`` most recent items of user u over all splits, most
-  recent first, right-padded with 0 -> int64 (N,);
+  recent first, right-padded with 0 (:func:`twotower.model.batch.pad_lists`) -> int64 (N,);
+  ``histories(users)`` -> int64 (B, N) for a batch;
 * ``seen(u)``: every distinct item of user u over all splits, ascending -> int64 (m,).
 
 Memory: one int32 per interaction plus one int64 per user (ML-1M: ~4 MB; ML-25M: ~100 MB).
@@ -19,9 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from twotower import storage
+from twotower.data.vocab import read_vocab
+from twotower.model.batch import pad_lists
 from twotower.model.schema import OOV_INDEX, DatasetSchema
 
-from .context import read_vocab
 from .schema import RequestError
 
 SPLITS = ("train", "valid", "test")
@@ -84,13 +86,16 @@ class UserState:
 
     def history(self, user_idx: int) -> np.ndarray:
         """int64 (N,): the user's N most recent items, most recent first, 0-padded (zeros for user 0)."""
+        return self.histories([user_idx])[0]
+
+    def histories(self, user_idx) -> np.ndarray:
+        """int64 (B, N): :meth:`history` of each of B user indices (rows of zeros for 0 and unknown ones)."""
         n = self.schema.history_length
-        out = np.zeros(n, np.int64)
-        if 0 < user_idx < self.num_users:
-            lo, hi = self.offsets[user_idx], self.offsets[user_idx + 1]
-            h = self.items[lo:min(hi, lo + n)]
-            out[:len(h)] = h
-        return out
+        idx = np.asarray(user_idx, np.int64).reshape(-1)
+        known = (idx > 0) & (idx < self.num_users)
+        lo = self.offsets[np.where(known, idx, 0)]
+        hi = np.where(known, np.minimum(self.offsets[np.where(known, idx + 1, 1)], lo + n), lo)
+        return pad_lists([self.items[a:b] for a, b in zip(lo.tolist(), hi.tolist())], n)
 
     def seen(self, user_idx: int) -> np.ndarray:
         """int64 (m,): distinct items of the user over all splits, ascending (empty for user 0)."""

@@ -143,3 +143,24 @@ def test_evaluate_through_the_index(flat_indexes, ml100k_checkpoint, ml100k_data
     (foreign / "checkpoint.json").write_text(json.dumps(meta))
     assert main(args[:1] + [str(foreign)] + args[2:]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_other_model_embeddings_or_dataset_exit_2(ml100k_checkpoint, ml100k_dataset, tmp_path, capsys):
+    """Checked before Ray is needed: reused embeddings compare model sha256s like every index check, and
+    a dataset goes through the one checkpoint-vs-dataset check."""
+    from twotower.jobs.index import main
+    stale = tmp_path / "embeddings"
+    stale.mkdir()
+    (stale / "_embeddings.json").write_text(json.dumps({"num_shards": 1, "model_sha256": "0" * 64}))
+    assert main(["--checkpoint", str(ml100k_checkpoint), "--embeddings", str(stale), "--out",
+                 str(tmp_path / "out"), "-q"]) == 2
+    assert "_embeddings.json: built from checkpoint model sha256 0000" in capsys.readouterr().err
+    other = tmp_path / "other"                               # only its schema.json is read before the check
+    other.mkdir()
+    schema = json.loads((ml100k_dataset / "schema.json").read_text())
+    (other / "schema.json").write_text(json.dumps({**schema, "history_length": schema["history_length"] + 1}))
+    assert main(["--checkpoint", str(ml100k_checkpoint), "--dataset", str(other), "--out", str(tmp_path / "out"),
+                 "-q"]) == 2
+    assert f"was trained on history_length {schema['history_length']}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -48,6 +48,7 @@ def test_manifest_round_trip(flat3, catalogue):
     assert index.item_ids(np.array([[1, 600, -1]])).tolist() == [["item-1", "item-600", None]]
     one = ShardedIndex.load(flat3, shards=[2])                             # a single shard (one searcher)
     assert (one.num_shards, one.num_items) == (1, m.shards[2].count)
+    assert (one.manifest.extra["index_num_items"], one.manifest.extra["index_num_shards"]) == (600, 3)
     with pytest.raises(IndexFormatError, match="no shard 3"):
         ShardedIndex.load(flat3, shards=[3])
     index.verify_checkpoint("abc")

@@ -64,11 +64,11 @@ def make_artifacts(dataset: Path, out: Path, mode: str, num_shards: int, with_v2
                    steps: int = TRAIN_STEPS) -> Artifacts:
     """Checkpoint + Flat index (``num_shards``) [+ a v2 index without the 100 most popular items]."""
     from twotower.index import build_local_index, checkpoint_record
-    from twotower.model.checkpoint import read_checkpoint_meta, save_checkpoint
+    from twotower.model.checkpoint import read_checkpoint, save_checkpoint
 
     model = train_model(dataset, mode, steps)
     ckpt = save_checkpoint(model, out / "checkpoint", dataset_dir=str(dataset))
-    record = checkpoint_record(ckpt, read_checkpoint_meta(ckpt))
+    record = checkpoint_record(read_checkpoint(ckpt))
     items = pq.read_table(dataset / "items.parquet", columns=["item_idx", "item_id", "train_count"])
     idx = items["item_idx"].to_numpy()[1:].astype(np.int64)
     ids = items["item_id"].to_pylist()[1:]
@@ -114,10 +114,12 @@ class Offline:
 
     def __init__(self, art: Artifacts, index: Path | None = None):
         from twotower.index import ShardedIndex
+        from twotower.model.checkpoint import read_checkpoint
         from twotower.serve.loading import load_encoder, load_serving_state
 
-        self.state = load_serving_state(art.checkpoint, art.dataset)
-        self.encoder, self.model_version = load_encoder(art.checkpoint, art.dataset)
+        info = read_checkpoint(art.checkpoint)
+        self.state = load_serving_state(info, art.dataset)
+        self.encoder, self.model_version = load_encoder(info, art.dataset), info.model_version
         self.index = ShardedIndex.load(index or art.index)
 
     def query(self, body: dict):

@@ -60,20 +60,22 @@ def test_bad_inputs_exit_2(user_tower_artifacts, trilinear_artifacts, tmp_path, 
 
 
 def test_write_user_cache(trilinear_artifacts, tmp_path, s3_store):
+    from twotower.model.checkpoint import read_checkpoint
     from twotower.serve.loading import load_encoder
     from twotower.serve.user_cache import UserCacheError
     art = trilinear_artifacts
+    info = read_checkpoint(art.checkpoint)
     assert serve_job.main(["--checkpoint", str(art.checkpoint), "--write-user-cache", str(tmp_path / "uc")]) == 0
-    enc, _ = load_encoder(art.checkpoint, art.dataset, user_cache=tmp_path / "uc")
-    fresh, _ = load_encoder(art.checkpoint, art.dataset)
+    enc = load_encoder(info, art.dataset, user_cache=tmp_path / "uc")
+    fresh = load_encoder(info, art.dataset)
     assert (enc.user_cache == fresh.user_cache).all()
     uri = f"{s3_store}/user-cache/uc"                                # the same through an object store
     assert serve_job.main(["--checkpoint", str(art.checkpoint), "--write-user-cache", uri]) == 0
     assert storage.read_bytes(f"{uri}/user_cache.npy") == (tmp_path / "uc" / "user_cache.npy").read_bytes()
-    assert (load_encoder(art.checkpoint, art.dataset, user_cache=uri)[0].user_cache == fresh.user_cache).all()
+    assert (load_encoder(info, art.dataset, user_cache=uri).user_cache == fresh.user_cache).all()
     storage.write_bytes(f"{uri}/user_cache.npy", b"tampered")
     with pytest.raises(UserCacheError, match=rf"^{uri}/user_cache.npy: sha256 mismatch"):
-        load_encoder(art.checkpoint, art.dataset, user_cache=uri)
+        load_encoder(info, art.dataset, user_cache=uri)
 
 
 @pytest.mark.ray

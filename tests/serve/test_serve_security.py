@@ -16,7 +16,7 @@ from serve_helpers import free_port, wait_for_cli_ready
 
 from twotower.distributed.local_ray import is_loopback, listening_sockets
 from twotower.index.manifest import IndexFormatError, Manifest
-from twotower.model.checkpoint import CheckpointError
+from twotower.model.checkpoint import CheckpointError, read_checkpoint
 from twotower.serve.loading import load_encoder
 from twotower.serve.shards import ShardStore
 
@@ -40,7 +40,7 @@ def test_serving_loaders_refuse_tampered_index_and_checkpoint(user_tower_artifac
     ckpt = shutil.copytree(art.checkpoint, tmp_path / "checkpoint")
     _flip(ckpt / "model.pt")
     with pytest.raises(CheckpointError, match=r"model\.pt: sha256 mismatch"):
-        load_encoder(ckpt, art.dataset)
+        load_encoder(read_checkpoint(ckpt), art.dataset)
 
 
 @pytest.mark.ray

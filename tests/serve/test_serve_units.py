@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from twotower.data.features import context_features
-from twotower.index import ShardedIndex, build_local_index
+from twotower.index import ShardedIndex, build_local_index, merge_topk
 from twotower.model.schema import DatasetSchema
 from twotower.serve.catalogue import Catalogue
 from twotower.serve.context import context_vocabs, resolve_context
@@ -20,7 +21,7 @@ from twotower.serve.http import validation_message
 from twotower.serve.query import QueryEncoder, QueryInput
 from twotower.serve.recommender import LocalBackend, ServingState, recommend_offline, rerank_merge
 from twotower.serve.schema import RecommendRequest, RequestError, SimilarItemsRequest
-from twotower.serve.shards import SearchRequest, SearchResult, ShardStore, load_shard, merge_topk
+from twotower.serve.shards import SearchRequest, SearchResult, ShardStore
 from twotower.serve.user_cache import UserCacheError, build_user_cache, load_user_cache, save_user_cache
 from twotower.serve.user_state import UserState
 
@@ -114,6 +115,9 @@ def test_user_state_history_and_seen_match_the_dataset(users, ml100k_dataset, sc
         assert set(users.seen(u)) == set(row["seen_items"]) | {row["item_idx"]}
     assert users.lookup("1") == 1 and users.lookup("no-such-user") == 0
     assert not users.history(0).any() and len(users.seen(0)) == 0
+    some = [0, 1, 2, users.num_users - 1, users.num_users]                   # batched; unknown rows all 0
+    np.testing.assert_array_equal(users.histories(some)[:4], np.stack([users.history(u) for u in some[:4]]))
+    assert not users.histories(some)[4].any()
 
 
 def test_user_features_for_cold_start(users):
@@ -144,7 +148,7 @@ def random_index(tmp_path_factory):
 def test_per_shard_search_and_merge_equal_sharded_search(random_index):
     out, queries = random_index
     full = ShardedIndex.load(out)
-    shards = [load_shard(str(out), s) for s in range(3)]
+    shards = [ShardedIndex.load(out, shards=[s]) for s in range(3)]
     exclude = [np.arange(1 + q, 60 + q, 3) for q in range(len(queries))]
     want_s, want_i = full.search(queries, 25, exclude=exclude)
     for q in range(len(queries)):
@@ -168,7 +172,7 @@ def test_shard_store_versions_and_batched_search(random_index, tmp_path):
             SearchRequest(queries[2], 2, None, "nope")]
     res = store.search_many(reqs)
     assert res[0].version == v2 and len(res[0].items) == 3
-    full = load_shard(str(out), 1).search(queries[1:2], 5, exclude=[np.array([1, 2])])
+    full = ShardedIndex.load(out, shards=[1]).search(queries[1:2], 5, exclude=[np.array([1, 2])])
     assert res[1].version == v1 and list(res[1].items) == list(full[1][0])
     assert res[2].error and "nope" in res[2].error
     assert store.load(str(v2dir)) == v2 and len(store.versions) == 2          # reloading is a no-op
@@ -237,6 +241,20 @@ def test_user_cache_round_trip_and_checks(ml100k_dataset, users, tmp_path):
         load_user_cache(tmp_path / "c", "other", users)
     with pytest.raises(UserCacheError, match="missing"):
         load_user_cache(tmp_path / "nothing")
+
+
+def test_serving_refuses_a_dataset_the_model_was_not_trained_on(ml100k_dataset, tmp_path):
+    from twotower.model.checkpoint import IncompatibleDatasetError, read_checkpoint, save_checkpoint
+    from twotower.serve.loading import load_encoder, load_serving_state
+    info = read_checkpoint(save_checkpoint(untrained(ml100k_dataset, "trilinear"), tmp_path / "ckpt",
+                                           dataset_dir=str(ml100k_dataset)))
+    other = tmp_path / "other"
+    other.mkdir()
+    schema = json.loads((ml100k_dataset / "schema.json").read_text())
+    (other / "schema.json").write_text(json.dumps({**schema, "num_items": schema["num_items"] + 1}))
+    for load in (load_serving_state, load_encoder):
+        with pytest.raises(IncompatibleDatasetError, match=rf"trained on num_items {schema['num_items']}.*{other}"):
+            load(info, str(other))
 
 
 def _state(model, users, catalogue, dataset) -> ServingState:
