@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from twotower.data import features as F
 from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_out,
                                  temporal_cuts, temporal_split)
-from twotower.data.vocab import write_vocab
+from twotower.data.vocab import vocab_table, write_vocab
 from twotower.data.writer import InteractionWriter, atomic_directory, write_json
 from twotower.model.schema import DatasetSchema, Feature
 
@@ -121,13 +121,6 @@ class _World:
         item = self.by_group[pick] + 1
         rating = np.where(own, rng.integers(4, 6, n), rng.integers(1, 4, n)).astype(np.float32)
         return (user0 + 1).astype(np.int32), item.astype(np.int32), ts.astype(np.int64), rating
-
-
-def _id_table(lo: int, hi: int) -> pa.Table:
-    """Vocabulary rows raw = str(i), idx = i for i in [lo, hi)."""
-    ids = np.arange(lo, hi)
-    return pa.table({"raw": pa.array(ids.astype(str)).cast(pa.string()),
-                     "idx": pa.array(ids.astype(np.int32))})
 
 
 def prepare_synthetic(out: str | Path, users: int = 10_000, items: int = 2_000,
@@ -220,7 +213,7 @@ def _write_user_blocks(tmp: Path, world: _World, iw: InteractionWriter, *, seed:
     uw = pq.ParquetWriter(tmp / "users.parquet", pa.table(row0, schema=pa.schema(
         [("user_idx", pa.int32()), ("user_id", pa.string()), ("segment", pa.int32())])).schema)
     uw.write_table(pa.table(row0, schema=uw.schema))
-    vw = pq.ParquetWriter(tmp / "vocab" / "users.parquet", _id_table(1, 1).schema)
+    vw = pq.ParquetWriter(tmp / "vocab" / "users.parquet", vocab_table([]).schema)
     tw = pq.ParquetWriter(tmp / "synthetic_truth_users.parquet", pa.schema(
         [("user_idx", pa.int32()), ("cluster", pa.int32())]))
     tw.write_table(pa.table({"user_idx": [0], "cluster": [-1]}, schema=tw.schema))
@@ -242,7 +235,7 @@ def _write_user_blocks(tmp: Path, world: _World, iw: InteractionWriter, *, seed:
         uw.write_table(pa.table({"user_idx": ids.astype(np.int32),
                                  "user_id": pa.array(ids.astype(str)).cast(pa.string()),
                                  "segment": world.segment[lo - 1:hi - 1] + 1}, schema=uw.schema))
-        vw.write_table(_id_table(lo, hi))
+        vw.write_table(vocab_table(ids.astype(str).tolist(), start=lo))
         tw.write_table(pa.table({"user_idx": ids.astype(np.int32),
                                  "cluster": world.user_cluster[lo - 1:hi - 1]}, schema=tw.schema))
         done_users, done_rows = done_users + nu, done_rows + len(u)

@@ -229,14 +229,14 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 
 def _load_local(path: Path, map_location: str | torch.device, verify: bool,
                 info: CheckpointInfo | None) -> LoadedCheckpoint:
-    meta = info.meta if info is not None else read_checkpoint_meta(path)
+    info = info if info is not None else read_checkpoint(path)
+    meta = info.meta
     for name, digest in meta.get("sha256", {}).items():
         if not (path / name).exists():
             raise CheckpointError(f"{path / name}: missing")
         if verify and sha256_file(path / name) != digest:
             raise CheckpointError(f"{path / name}: sha256 mismatch (file corrupted or modified)")
-    schema = DatasetSchema.from_dict(meta["schema"])
-    cfg = ModelConfig.model_validate(meta["model_config"])
+    schema, cfg = info.schema, info.model_config
     model = TwoTowerModel(schema, cfg)
     state = _load_tensors(path / "model.pt")
     try:
