@@ -163,6 +163,17 @@ class TwoTowerDataConfig(ray.train.DataConfig):
 
     EQUAL_SPLITS = ("train",)
 
+    def __init__(self, **kwargs):
+        """As ``ray.train.DataConfig``. Without ``execution_options``, the current DataContext's resource
+        limits, order and verbosity are copied here (what Ray's ``default_ingest_options`` does, minus
+        the deprecated ``exclude_resources``, whose copy printed a RayDeprecationWarning every run)."""
+        if kwargs.get("execution_options") is None:
+            current = ray.data.DataContext.get_current().execution_options
+            kwargs["execution_options"] = ray.data.ExecutionOptions(
+                resource_limits=current.resource_limits, preserve_order=current.preserve_order,
+                verbose_progress=current.verbose_progress)
+        super().__init__(**kwargs)
+
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
         hints = worker_node_ids if self._enable_shard_locality else None

@@ -14,6 +14,8 @@ Embeddings are the item tower's output as is: L2-normalised exactly when the mod
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -134,7 +136,7 @@ def embed_items(checkpoint: CheckpointInfo, paths: list[str], out: str, *, num_s
                                                "device": "cuda" if use_gpu else "cpu",
                                                "torch_threads": max(1, int(cpus_per_actor))},
                         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0)
-    ds.context.enable_progress_bars = False
+    ds.context.enable_progress_bars = sys.stderr.isatty() and not os.environ.get("CI")   # Ray Data's tqdm bars
     ds.context.print_on_execution_start = False
     ds.write_parquet(out, partition_cols=["shard"])
     seconds = time.perf_counter() - t0

@@ -19,11 +19,9 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import ray.train
@@ -44,14 +42,11 @@ from twotower.model.optim import build_optimizer
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
 
-LOG_EVERY_STEPS = 50
-
-
 def train_loop_per_worker(config: dict) -> dict:
     """Train, validate and checkpoint on one Ray Train worker; returns a summary (rank 0's is kept).
 
-    ``config``: ``{"run": ResolvedRun, "tracker": ProgressTracker handle or None (stall watchdog),
-    "log_every": steps between rank-0 progress lines (optional)}``.
+    ``config``: ``{"run": ResolvedRun, "tracker": ProgressTracker handle or None (stall watchdog and
+    progress display)}``.
 
     Returns ``{"history": [per-epoch metrics], "weight_digests": [sha256 of each rank's final
     weights], "best_epoch", "stopped_early", "resumed_after_epochs": [epochs after which this run
@@ -80,7 +75,7 @@ def train_loop_per_worker(config: dict) -> dict:
             out.loss.backward()
             optimizer.step()
             steps, loss_sum, examples = steps + 1, loss_sum + out.logs["loss"], examples + len(batch["item_idx"])
-            w.after_step(run, epoch, steps, loss_sum, examples, t0)
+            w.after_step(epoch, steps, examples, t0)
             if steps >= run.steps_per_epoch:
                 break
         train_seconds = time.perf_counter() - t0
@@ -105,31 +100,30 @@ def train_loop_per_worker(config: dict) -> dict:
 
 @dataclass
 class Worker:
-    """This worker's rank, world size, device, stall-watchdog reporter and rank-0 console."""
+    """This worker's rank, world size, device, and progress reporter (stall watchdog heartbeats and, on
+    rank 0, the progress the driver displays); ``say`` sends a console line to the driver (rank 0)."""
 
     rank: int
     world: int
     device: torch.device
     progress: ProgressReporter
-    say: Callable[[str], None]
-    log_every: int = LOG_EVERY_STEPS
 
     @classmethod
     def start(cls, config: dict) -> "Worker":
         _quiet_report_logs()
         ctx = ray.train.get_context()
-        rank = ctx.get_world_rank()
-        return cls(rank, ctx.get_world_size(), ray.train.torch.get_device(), ProgressReporter(config.get("tracker")),
-                   _console if rank == 0 else (lambda msg: None), int(config.get("log_every") or LOG_EVERY_STEPS))
+        return cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                   ProgressReporter(config.get("tracker")))
 
-    def after_step(self, run: ResolvedRun, epoch: int, steps: int, loss_sum: float, examples: int,
-                   t0: float) -> None:
-        """Heartbeat for the watchdog; every ``log_every`` steps a progress line (rank 0)."""
-        self.progress.beat(stage="train", epoch=epoch, step=steps)
-        if steps % self.log_every == 0:
-            rate = examples * self.world / (time.perf_counter() - t0)
-            self.say(f"epoch {epoch}/{run.config.epochs} step {steps}/{run.steps_per_epoch} "
-                     f"loss {loss_sum / steps:.4f} {rate:,.0f} examples/s")
+    def say(self, line: str) -> None:
+        if self.rank == 0:
+            self.progress.say(line)
+
+    def after_step(self, epoch: int, steps: int, examples: int, t0: float) -> None:
+        """Heartbeat + progress (throttled to one message per 2 s): epoch, step, rows of all workers,
+        seconds into the epoch."""
+        self.progress.beat(stage="train", epoch=epoch, step=steps, rows=examples * self.world,
+                           seconds=time.perf_counter() - t0)
 
 
 def setup(run: ResolvedRun, w: Worker) -> tuple[torch.nn.Module, object, TrainState]:
@@ -212,13 +206,6 @@ def report(run: ResolvedRun, model, optimizer, state: TrainState, metrics: dict,
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
     w.progress.beat(force=True, stage="reported", epoch=epoch)
-
-
-def _console(msg: str) -> None:
-    """Progress line to the worker's stdout (Ray forwards it to the driver). Not ``print``: Ray Train
-    patches ``print`` in workers to log through its logger, which showed every line twice."""
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
 
 
 def _quiet_report_logs() -> None:

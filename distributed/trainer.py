@@ -48,6 +48,7 @@ from twotower.distributed.artifacts import FitResult, write_run_artifacts
 from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.distributed.data import raise_for_unreadable_input
 from twotower.distributed.local_ray import start_ray
+from twotower.distributed.progress import TrainProgress
 from twotower.distributed.run import ResolvedRun, resolve_run
 from twotower.distributed.train_loop import train_loop_per_worker
 from twotower.distributed.watchdog import ProgressTracker, TrainingStalledError, run_with_watchdog
@@ -102,16 +103,28 @@ class TwoTowerTrainer:
     def _fit_watched(self, run: ResolvedRun) -> dict:
         """The fit task under the stall watchdog; returns what :func:`_fit_task` returns."""
         tracker = ProgressTracker.remote()
+        shown = TrainProgress(run.config.epochs, run.steps_per_epoch)
+
+        def last_progress() -> tuple[float, dict]:
+            stamp, info, lines = ray.get(tracker.poll.remote(shown.lines_seen), timeout=30)
+            shown.update(info, lines)
+            return stamp, info
+
         ref = _fit_task.remote(self.train_loop, {"run": run, "tracker": tracker})
         try:
-            return run_with_watchdog(lambda: _get(ref), lambda: ray.get(tracker.last.remote(), timeout=30),
-                                     run.config.stall_timeout_s, abort=lambda: ray.cancel(ref, force=True))
+            return run_with_watchdog(lambda: _get(ref), last_progress, run.config.stall_timeout_s,
+                                     abort=lambda: ray.cancel(ref, force=True), poll_s=1.0)
         except BaseException as e:       # stalled, Ctrl-C, failed: do not leave a run behind
             ray.cancel(ref, force=True)
             if isinstance(e, Exception) and not isinstance(e, TrainingStalledError):
                 raise_for_unreadable_input(e, run.files, run.schema)   # names a file with a corrupt data page
             raise
         finally:
+            try:
+                last_progress()                # the last epoch's summary lines
+            except Exception:  # noqa: BLE001 - the tracker may be gone with a failed run
+                pass
+            shown.close()
             ray.kill(tracker)
 
 

@@ -11,6 +11,7 @@ time before the first report (actor start-up, dataset set-up) counts as "no prog
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -24,23 +25,35 @@ class TrainingStalledError(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class ProgressTracker:
-    """Holds the time (``time.time()``, seconds) and a description of the last progress report."""
+    """Holds the time (``time.time()``, seconds) and a description of the last progress report, and the
+    console lines rank 0 sent (epoch summaries, resume and early-stopping notes) for the driver to show."""
 
     def __init__(self) -> None:
         self._last = time.time()
         self._info: dict[str, Any] = {"stage": "starting"}
+        self._lines: list[str] = []
 
     def beat(self, info: dict[str, Any] | None = None) -> None:
         self._last = time.time()
         if info:
             self._info = dict(info)
 
+    def say(self, line: str) -> None:
+        """Queue a console line (counts as progress)."""
+        self._last = time.time()
+        self._lines.append(line)
+
     def last(self) -> tuple[float, dict[str, Any]]:
         return self._last, self._info
 
+    def poll(self, lines_seen: int = 0) -> tuple[float, dict[str, Any], list[str]]:
+        """``last()`` plus the console lines after the first ``lines_seen``."""
+        return self._last, self._info, self._lines[lines_seen:]
+
 
 class ProgressReporter:
-    """Worker-side helper: ``beat(**info)`` sends at most one fire-and-forget message per interval.
+    """Worker-side helper: ``beat(**info)`` sends at most one fire-and-forget message per interval;
+    ``say(line)`` sends a console line to the driver (printed to stdout when there is no tracker).
 
     ``tracker`` may be None (no watchdog), then ``beat`` does nothing.
     """
@@ -53,6 +66,13 @@ class ProgressReporter:
         if self.tracker is not None and (force or now - self._sent >= self.min_interval_s):
             self._sent = now
             self.tracker.beat.remote(info)
+
+    def say(self, line: str) -> None:
+        if self.tracker is not None:
+            self.tracker.say.remote(line)
+        else:       # not print: Ray Train patches print in workers to log through its logger (lines twice)
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
 
 def run_with_watchdog(fn: Callable[[], Any], last_progress: Callable[[], tuple[float, Any]],
