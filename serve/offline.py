@@ -102,11 +102,13 @@ def open_index(index_dir: str | os.PathLike, info: CheckpointInfo) -> tuple[Shar
 
 
 def _plain(value: Any) -> Any:
-    """NumPy scalars / arrays (also inside dicts) as the Python values a JSON body would carry."""
+    """NumPy scalars / arrays (also inside dicts, lists, tuples) as the Python values a JSON body carries."""
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
 
 

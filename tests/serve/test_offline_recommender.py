@@ -105,7 +105,8 @@ def test_arguments_become_the_http_request(recommenders):
     rec = recommenders["user_tower"][1]
     want = rec.recommend("3", context={"timestamp": TS}, k=5, exclude_items=["50", 181])
     got = rec.recommend(np.int64(3), context={"timestamp": np.int64(TS)}, k=np.int64(5), exclude_items=np.array([50, 181]))
-    assert got == want and want.user_id == "3" and not {"50", "181"} & {it.item_id for it in want.items}
+    assert got == want == rec.recommend("3", context={"timestamp": TS}, k=5, exclude_items=(np.int64(50), "181"))
+    assert want.user_id == "3" and not {"50", "181"} & {it.item_id for it in want.items}
     pop = rec.recommend("nobody", context={"timestamp": TS}, k=3)
     assert (pop.path, pop.cold_start_strategy, pop.index_version) == ("cold_start", "popularity", None)
     with pytest.raises(RequestError) as e:
