@@ -8,7 +8,8 @@ requests (``--requests``, stopping early at ``--time-cap`` seconds) from that ma
 prints p50/p95/p99 latency and requests/s for three paths over the same request bodies:
 
 * ``search``: ``ShardedIndex.search`` of precomputed query vectors, one query per call, in this process;
-* ``pipeline``: :func:`twotower.serve.recommender.recommend` in this process (plan, encode, search);
+* ``pipeline``: ``twotower.serve.Recommender.recommend`` in this process (validate, plan, encode, search:
+  the ingress's pipeline over a local backend);
 * ``http``: the Serve application (ingress -> encoder -> shard searchers) over HTTP on 127.0.0.1.
 
 Everything stays on the loopback interface. Without ``--checkpoint`` a model with the default
@@ -18,7 +19,6 @@ is trained); without ``--index`` an exact ``Flat`` index with ``--num-shards`` s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -165,21 +165,15 @@ def main(argv=None) -> int:
     import requests
     from ray import serve
 
-    from twotower.index import ShardedIndex
-    from twotower.model.checkpoint import read_checkpoint
-    from twotower.serve.loading import load_encoder, load_serving_state
-    from twotower.serve.recommender import LocalBackend, plan_recommend, recommend
+    from twotower.serve import Recommender
+    from twotower.serve.recommender import plan_recommend
     from twotower.serve.schema import RecommendRequest
 
-    info = read_checkpoint(ckpt)
-    state = load_serving_state(info, dataset)
+    rec = Recommender.load(ckpt, index_dir, dataset)
+    state, index = rec.state, rec.index
     bodies = request_bodies(state, args.requests, args.k)
-    encoder = load_encoder(info, dataset)
-    index = ShardedIndex.load(index_dir)
-    reqs = [RecommendRequest.model_validate(b) for b in bodies]
-    plans = [plan_recommend(r, state) for r in reqs]
-    queries = encoder.encode([p.query for p in plans])
-    backend = LocalBackend(encoder, index)
+    plans = [plan_recommend(RecommendRequest.model_validate(b), state) for b in bodies]
+    queries = rec.encoder.encode([p.query for p in plans])
     results, info = [], machine()
     print(f"machine: {info}\ndataset {dataset}, checkpoint {ckpt} ({state.mode.value}), index {index_dir} "
           f"({index.num_shards} shards, {index.factory}, {index.num_items} items)", flush=True)
@@ -194,7 +188,7 @@ def main(argv=None) -> int:
     if "search" in paths:
         record("search", lambda i: index.search(queries[i:i + 1], args.k, exclude=[plans[i].exclude]) is not None)
     if "pipeline" in paths:
-        record("pipeline", lambda i: asyncio.run(recommend(reqs[i], state, backend)) is not None)
+        record("pipeline", lambda i: rec.recommend(**bodies[i]) is not None)
     if "http" in paths:
         import ray
         from twotower.serve.app import build_app

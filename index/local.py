@@ -2,7 +2,8 @@
 
 The Ray job (``twotower.distributed.index_job``) builds the same directory layout with the embedding
 and shard-building work spread over a cluster; this module is its single-process counterpart (tests,
-small catalogues, notebooks).
+small catalogues, notebooks). :func:`flat_index` builds the exact one-shard index in memory only (no
+files), e.g. the exact search of ``twotower.serve.Recommender`` without an index directory.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from twotower import storage
-from .build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, check_unique, default_search_params,
-                    parse_factory, shard_of)
+from .build import (DEFAULT_EF_CONSTRUCTION, build_and_write_shard, build_index, check_unique,
+                    default_search_params, parse_factory, shard_file_names, shard_of)
 from .manifest import PARTITION, Manifest, ShardInfo
+from .sharded import ShardedIndex
 
 if TYPE_CHECKING:                      # twotower.index does not import torch (twotower.model) at run time
     from twotower.model.checkpoint import CheckpointInfo
@@ -61,14 +63,7 @@ def build_local_index(out: str | os.PathLike, embeddings: np.ndarray, item_idx: 
             (also: an item_idx listed twice).
         ValueError: mismatched lengths or item_idx containing 0.
     """
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    item_idx = np.asarray(item_idx, dtype=np.int64)
-    item_id = [str(i) for i in item_id]
-    if emb.ndim != 2 or len(emb) != len(item_idx) or len(item_idx) != len(item_id):
-        raise ValueError(f"embeddings {emb.shape}, item_idx {item_idx.shape}, item_id ({len(item_id)},) do not fit")
-    if (item_idx == 0).any():
-        raise ValueError("item_idx 0 (the unknown item) must not be indexed")
-    check_unique(item_idx)
+    emb, item_idx, item_id = _checked_catalogue(embeddings, item_idx, item_id)
     if storage.is_nonempty(out) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; use overwrite to replace it")
     dim = emb.shape[1]
@@ -93,3 +88,38 @@ def build_local_index(out: str | os.PathLike, embeddings: np.ndarray, item_idx: 
         storage.delete_dir(staging)
         raise
     return manifest
+
+
+def flat_index(embeddings: np.ndarray, item_idx: np.ndarray, item_id: Sequence[str], *,
+               checkpoint: dict | None = None, normalized: bool = True) -> ShardedIndex:
+    """An exact (``Flat``) one-shard :class:`ShardedIndex` over in-memory embeddings; nothing is written.
+
+    Its ``search`` is the one of a loaded index directory (exclusions, score descending, ties by
+    ascending item_idx, -inf / -1 padding): exactly the answers of :func:`build_local_index` with
+    ``factory="Flat"`` loaded by ``ShardedIndex.load``, any shard count. ``path`` is "".
+
+    Args:
+        embeddings: (N, D) float32. item_idx: (N,) int64, no 0 and no repeats. item_id: N raw ids.
+        checkpoint: the manifest's checkpoint entry (:func:`checkpoint_record`).
+    Raises:
+        ValueError: mismatched lengths or item_idx containing 0. IndexBuildError: an item_idx listed twice.
+    """
+    emb, item_idx, item_id = _checked_catalogue(embeddings, item_idx, item_id)
+    index, idx, ids = build_index(emb.shape[1], "Flat", lambda: iter([(item_idx, emb, item_id)]), len(emb))
+    shard = ShardInfo(0, len(idx), *shard_file_names(0))
+    manifest = make_manifest([(shard, {})], dim=emb.shape[1], factory="Flat", search_params={},
+                             checkpoint=checkpoint or {}, normalized=normalized, build_params={"in_memory": True})
+    return ShardedIndex(manifest, [index], [idx], [np.asarray(ids, dtype=object)])
+
+
+def _checked_catalogue(embeddings, item_idx, item_id) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(float32 (N, D) contiguous, int64 (N,), N strings); raises ValueError / IndexBuildError."""
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    item_id = [str(i) for i in item_id]
+    if emb.ndim != 2 or len(emb) != len(item_idx) or len(item_idx) != len(item_id):
+        raise ValueError(f"embeddings {emb.shape}, item_idx {item_idx.shape}, item_id ({len(item_id)},) do not fit")
+    if (item_idx == 0).any():
+        raise ValueError("item_idx 0 (the unknown item) must not be indexed")
+    check_unique(item_idx)
+    return emb, item_idx, item_id

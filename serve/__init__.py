@@ -11,9 +11,21 @@ Pure modules (no Ray; unit-tested without Serve):
 * :mod:`.shards` one-shard loading, index versions, batched shard search, exact merge;
 * :mod:`.fanout` fan-out to every shard with version agreement during index swaps;
 * :mod:`.recommender` ``recommend`` / ``similar_items``: the one pipeline used offline and behind HTTP;
-* :mod:`.loading` building those pieces from a checkpoint + dataset; :mod:`.config` app args + Serve YAML.
+* :mod:`.loading` building those pieces from a checkpoint + dataset; :mod:`.config` app args + Serve YAML;
+* :mod:`.offline` :class:`~.offline.Recommender` (exported here as ``twotower.serve.Recommender``): that
+  pipeline in this process, for notebooks and batch scripts, answering exactly like the HTTP API.
 
 Ray Serve: :mod:`.app` (deployments ``Ingress``, ``QueryEncoder``, ``Searcher0..S-1`` and
 ``build_app``), :mod:`.http` (FastAPI app and error mapping), :mod:`.deploy` (``serve deploy`` from
 Python). Command line: ``twotower serve`` (:mod:`twotower.jobs.serve`).
 """
+
+__all__ = ["Recommender"]
+
+
+def __getattr__(name: str):
+    """``Recommender`` imported on first use, so ``import twotower.serve.config`` (the CLI) stays light."""
+    if name == "Recommender":
+        from .offline import Recommender
+        return Recommender
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

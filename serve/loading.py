@@ -63,11 +63,14 @@ def load_serving_state(info: CheckpointInfo, dataset: str | Path | None = None) 
 
 
 def load_encoder(info: CheckpointInfo, dataset: str | Path | None = None,
-                 user_cache: str | Path | None = None) -> QueryEncoder:
+                 user_cache: str | Path | None = None, users: UserState | None = None) -> QueryEncoder:
     """The QueryEncoder of a checkpoint (its model version is ``info.model_version``).
 
     In ``trilinear`` / ``scoring_layer`` mode the per-user table comes from ``user_cache`` (checked
-    against the model and the dataset's histories) or is built here from the dataset's user state.
+    against the model and the dataset's histories) or is built here from the dataset's user state:
+    ``users`` when given (a process that also holds the :func:`load_serving_state` of ``info``, e.g. the
+    offline :class:`~twotower.serve.offline.Recommender`, passes its ``state.users``), else
+    ``UserState.load(dataset)``.
 
     Raises:
         CheckpointError (weights missing or corrupted), FileNotFoundError / IncompatibleDatasetError
@@ -76,7 +79,7 @@ def load_encoder(info: CheckpointInfo, dataset: str | Path | None = None,
     loaded = load_checkpoint(info.path, info=info)
     table = None
     if ContextMode(info.model_config.context_mode) != ContextMode.USER_TOWER:
-        state = UserState.load(resolve_dataset(info, dataset), info.schema)
+        state = users if users is not None else UserState.load(resolve_dataset(info, dataset), info.schema)
         if user_cache is not None:
             table = load_user_cache(user_cache, info.model_sha256 or None, state)
         else:

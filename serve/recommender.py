@@ -5,13 +5,13 @@
             -> [scoring_layer: re-rank the top ``rerank_depth`` with the head] -> response
 
 The steps that need the model or the index go through a :class:`Backend`: the Serve ingress passes one
-whose methods call the encoder and searcher deployments; :class:`LocalBackend` runs them in-process
-(a :class:`QueryEncoder` and a loaded :class:`~twotower.index.ShardedIndex`), which is what offline
-evaluation and the equivalence tests use (:func:`recommend_offline`).
+whose methods call the encoder and searcher deployments (``serve/app.py``); the offline
+:class:`~twotower.serve.offline.Recommender` passes a :class:`~twotower.serve.offline.LocalBackend` (a
+:class:`~.query.QueryEncoder` and a :class:`~twotower.index.ShardedIndex` in this process), which
+notebooks, batch scripts, the benchmark and the equivalence tests use.
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,7 +23,7 @@ from twotower.model.schema import DatasetSchema
 
 from .catalogue import Catalogue
 from .context import resolve_context
-from .query import QueryEncoder, QueryInput
+from .query import QueryInput
 from .schema import (RecommendPath, RecommendRequest, RecommendResponse, RequestError, ScoredItem,
                      SimilarItemsRequest, SimilarItemsResponse)
 from .user_state import UserState
@@ -140,30 +140,3 @@ async def similar_items(req: SimilarItemsRequest, state: ServingState, backend: 
     version, scores, items = await backend.search(vector, req.k, np.asarray([idx], np.int64))
     return SimilarItemsResponse(item_id=req.item_id, items=_items(state, scores, items),
                                 model_version=state.model_version, index_version=version)
-
-
-class LocalBackend:
-    """In-process :class:`Backend`: a QueryEncoder and a ShardedIndex (all shards) in this process."""
-
-    def __init__(self, encoder: QueryEncoder, index, version: str = "local"):
-        self.encoder, self.index, self.version = encoder, index, version
-
-    async def encode(self, query: QueryInput) -> np.ndarray:
-        return self.encoder.encode([query])[0]
-
-    async def search(self, query, k, exclude):
-        excl = [exclude if exclude is not None else ()]
-        scores, items = self.index.search(np.asarray(query, np.float32)[None, :], k, exclude=excl)
-        return self.version, scores[0], items[0]
-
-    async def rerank(self, query: QueryInput, candidates: np.ndarray) -> np.ndarray:
-        return self.encoder.rerank([query], np.asarray(candidates, np.int64)[None, :])[0]
-
-    async def item_vector(self, item_idx: int) -> np.ndarray:
-        return self.encoder.item_vectors(np.asarray([item_idx]))[0]
-
-
-def recommend_offline(req: RecommendRequest, state: ServingState, backend: Backend,
-                      now: float | None = None) -> RecommendResponse:
-    """:func:`recommend` run to completion in this thread (no running event loop allowed)."""
-    return asyncio.run(recommend(req, state, backend, now))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from twotower.index import (IndexBuildError, IndexFormatError, Manifest, ShardedIndex, ann_rank_scores,
-                            build_local_index, exact_topk, index_recall, shard_of)
+                            build_local_index, exact_topk, flat_index, index_recall, shard_of)
 from twotower import storage
 
 D = 16
@@ -101,6 +101,27 @@ def test_ties_broken_by_item_idx_across_shards(tmp_path):
         assert (items == np.arange(1, k + 1)).all()
         _, items = index.search(q[:1], k, exclude=[[2, 3]])
         assert items[0].tolist() == [i for i in range(1, k + 3) if i not in (2, 3)][:k]
+
+
+def test_in_memory_flat_index_equals_loaded_flat_shards(flat3, catalogue, tmp_path):
+    emb, idx, ids, queries = catalogue
+    mem, disk = flat_index(emb, idx, ids, checkpoint={"model_sha256": "abc"}), ShardedIndex.load(flat3)
+    assert (mem.num_shards, mem.num_items, mem.exact, mem.path) == (1, 600, True, "")
+    mem.verify_checkpoint("abc")
+    exclude = [idx[r:r + 40:3] for r in range(len(queries))]
+    for q, k, ex in ((queries, 10, None), (queries[:3], 25, exclude[:3]), (queries, 50, exclude)):
+        got, want = mem.search(q, k, exclude=ex), disk.search(q, k, exclude=ex)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    assert mem.item_ids(np.array([5, -1])).tolist() == ["item-5", None]
+    ties = np.zeros((40, 4), np.float32)
+    ties[:30, 0] = 1.0                                                     # items 1..30 tie at the cut-off
+    tied = flat_index(ties, np.arange(40, 0, -1), [f"x{i}" for i in range(40)])
+    for n in (1, 25):                                                      # FAISS's direct and BLAS paths
+        _, items = tied.search(np.tile([[1.0, 0, 0, 0]], (n, 1)), 12, exclude=[[11, 13]] * n)
+        assert (items == [12] + list(range(14, 25))).all()    # rows hold 40..11 (tied): ascending item_idx
+    with pytest.raises(ValueError, match="unknown item"):
+        flat_index(emb[:2], [0, 1], ["a", "b"])
 
 
 def test_ann_rank_scores_orders_retrieved_first(flat3, catalogue):

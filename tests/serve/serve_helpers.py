@@ -109,18 +109,16 @@ class Apps:
 
 
 class Offline:
-    """Expected answers computed in this process: plan the request, encode it with the checkpoint's
-    encoder, and search the whole index with ``ShardedIndex.search`` (no Serve, no fan-out code)."""
+    """Expected answers computed in this process: the pieces of the offline ``Recommender`` (request plan,
+    the checkpoint's encoder, the whole index) and ``ShardedIndex.search`` called directly (no Serve, no
+    fan-out code, not the ``recommend`` pipeline). ``rec``: the Recommender itself."""
 
     def __init__(self, art: Artifacts, index: Path | None = None):
-        from twotower.index import ShardedIndex
-        from twotower.model.checkpoint import read_checkpoint
-        from twotower.serve.loading import load_encoder, load_serving_state
+        from twotower.serve import Recommender
 
-        info = read_checkpoint(art.checkpoint)
-        self.state = load_serving_state(info, art.dataset)
-        self.encoder, self.model_version = load_encoder(info, art.dataset), info.model_version
-        self.index = ShardedIndex.load(index or art.index)
+        self.rec = Recommender.load(art.checkpoint, index or art.index, art.dataset)
+        self.state, self.encoder, self.index = self.rec.state, self.rec.encoder, self.rec.index
+        self.model_version = self.rec.model_version
 
     def query(self, body: dict):
         """(plan, query vector float32 (D,) or None) of a request body."""

@@ -161,15 +161,12 @@ def test_model_info_health_and_openapi(serve_apps, offline_ut):
 
 @pytest.mark.timeout(600)
 def test_scoring_layer_reranks_over_http_like_offline(serve_apps):
-    from twotower.serve.recommender import LocalBackend, recommend_offline
-    from twotower.serve.schema import RecommendRequest
-
-    off = Offline(serve_apps.scoring_layer)
-    backend = LocalBackend(off.encoder, off.index, index_version(str(serve_apps.scoring_layer.index)))
+    rec = Offline(serve_apps.scoring_layer).rec
+    assert rec.index_version == index_version(str(serve_apps.scoring_layer.index))
     for u in USERS[:4]:
         body = {"user_id": u, "context": {"timestamp": TS}, "k": 40}                 # deeper than rerank_depth=30
         r = post(serve_apps.scoring_layer_url, "/v1/recommend", body)
         assert r.status_code == 200, r.text
-        want = recommend_offline(RecommendRequest.model_validate(body), off.state, backend)
+        want = rec.recommend(**body)
         assert_same_ranking(r.json(), [it.item_id for it in want.items], np.array([it.score for it in want.items]))
         assert r.json()["index_version"] == want.index_version

@@ -19,7 +19,8 @@ from twotower.serve.context import context_vocabs, resolve_context
 from twotower.serve.fanout import ShardsUnavailable, search_all
 from twotower.serve.http import validation_message
 from twotower.serve.query import QueryEncoder, QueryInput
-from twotower.serve.recommender import LocalBackend, ServingState, recommend_offline, rerank_merge
+from twotower.serve.offline import Recommender
+from twotower.serve.recommender import ServingState, rerank_merge
 from twotower.serve.schema import RecommendRequest, RequestError, SimilarItemsRequest
 from twotower.serve.shards import SearchRequest, SearchResult, ShardStore
 from twotower.serve.user_cache import UserCacheError, build_user_cache, load_user_cache, save_user_cache
@@ -269,16 +270,15 @@ def test_offline_recommend_equals_sharded_search(ml100k_dataset, users, catalogu
     build_local_index(tmp_path / "ix", emb[1:], np.arange(1, len(emb)), ids, num_shards=2)
     index = ShardedIndex.load(tmp_path / "ix")
     enc = QueryEncoder(model, build_user_cache(model, users))
-    state, backend = _state(model, users, catalogue, ml100k_dataset), LocalBackend(enc, index)
+    rec = Recommender(_state(model, users, catalogue, ml100k_dataset), enc, index, "v1")
     for u in ("1", "7"):
-        req = RecommendRequest(user_id=u, context={"timestamp": TS}, k=15, exclude_items=["50"])
-        resp = recommend_offline(req, state, backend)
+        resp = rec.recommend(u, context={"timestamp": TS}, k=15, exclude_items=["50"])
         uidx = users.lookup(u)
         q = enc.encode([QueryInput(uidx, users.history(uidx), resolve_context({"timestamp": TS}, model.schema))])
         _, want = index.search(q, 15, exclude=[np.union1d(users.seen(uidx), [catalogue.lookup("50")])])
         assert [it.item_id for it in resp.items] == [catalogue.item_ids[i] for i in want[0]]
-        assert resp.path == "model" and "50" not in [it.item_id for it in resp.items]
-    pop = recommend_offline(RecommendRequest(user_id="stranger", k=3), state, backend)
+        assert resp.path == "model" and resp.index_version == "v1" and "50" not in [it.item_id for it in resp.items]
+    pop = rec.recommend("stranger", k=3)
     assert pop.path == "cold_start" and pop.cold_start_strategy == "popularity" and pop.index_version is None
     assert [it.item_id for it in pop.items] == [catalogue.item_ids[i] for i in catalogue.popular[:3]]
 
@@ -289,9 +289,8 @@ def test_scoring_layer_reranks_like_rank_scores(ml100k_dataset, users, catalogue
     emb = model.all_item_embeddings()
     build_local_index(tmp_path / "ix", emb[1:].numpy(), np.arange(1, len(emb)), list(catalogue.item_ids[1:]))
     enc = QueryEncoder(model, build_user_cache(model, users))
-    backend = LocalBackend(enc, ShardedIndex.load(tmp_path / "ix"))
-    resp = recommend_offline(RecommendRequest(user_id="3", context={"timestamp": TS}, k=25, exclude_seen=False),
-                             _state(model, users, catalogue, ml100k_dataset), backend)
+    rec = Recommender(_state(model, users, catalogue, ml100k_dataset), enc, ShardedIndex.load(tmp_path / "ix"))
+    resp = rec.recommend("3", context={"timestamp": TS}, k=25, exclude_seen=False)
     ctx = resolve_context({"timestamp": TS}, model.schema)
     batch = to_tensors({"user_idx": np.array([3]), "item_idx": np.zeros(1), "history": users.history(3)[None],
                         **{k: np.full(1, v) for k, v in ctx.items()}}, model.schema)
