@@ -54,6 +54,10 @@ def exact_topk(embeddings, queries, k: int, item_idx: np.ndarray | None = None,
             continue
         if kk < len(ids):
             part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            kth = np.take_along_axis(s, part, axis=1).min(axis=1)
+            for r in np.flatnonzero((s >= kth[:, None]).sum(axis=1) > kk):   # ties across the cut-off:
+                cand = np.flatnonzero(s[r] >= kth[r])                          # the smallest item_idx win
+                part[r] = cand[np.lexsort((ids[cand], -s[r, cand]))[:kk]]
         else:
             part = np.tile(np.arange(len(ids)), (len(s), 1))
         ps, pi = np.take_along_axis(s, part, axis=1), ids[part]

@@ -101,6 +101,10 @@ def test_ties_broken_by_item_idx_across_shards(tmp_path):
         assert (items == np.arange(1, k + 1)).all()
         _, items = index.search(q[:1], k, exclude=[[2, 3]])
         assert items[0].tolist() == [i for i in range(1, k + 3) if i not in (2, 3)][:k]
+        # the exact twin orders the same ties the same way (item rows shuffled: not by position)
+        perm = np.random.default_rng(k).permutation(40)
+        _, exact = exact_topk(emb[perm], q, k, item_idx=idx[perm], exclude=[[2, 3]] * len(q))
+        assert (exact == [i for i in range(1, k + 3) if i not in (2, 3)][:k]).all()
 
 
 def test_in_memory_flat_index_equals_loaded_flat_shards(flat3, catalogue, tmp_path):
