@@ -3,6 +3,7 @@
 Pure modules (no Ray; unit-tested without Serve):
 
 * :mod:`.schema` pydantic request/response models, :class:`~.schema.RequestError` (4xx naming a field);
+* :mod:`.contract` the request models of one loaded model (what ``/openapi.json`` publishes), examples;
 * :mod:`.context` request context (named fields or ``timestamp``) -> the model's context features;
 * :mod:`.user_state` raw user id -> index, latest history, seen items, cold-start user features;
 * :mod:`.catalogue` item ids, titles, popularity;
@@ -16,7 +17,8 @@ Pure modules (no Ray; unit-tested without Serve):
   pipeline in this process, for notebooks and batch scripts, answering exactly like the HTTP API.
 
 Ray Serve: :mod:`.app` (deployments ``Ingress``, ``QueryEncoder``, ``Searcher0..S-1`` and
-``build_app``), :mod:`.http` (FastAPI app and error mapping), :mod:`.deploy` (``serve deploy`` from
+``build_app``), :mod:`.routes` (the routes, declared responses and examples of an Ingress replica's
+FastAPI app), :mod:`.http` (error mapping), :mod:`.deploy` (``serve deploy`` from
 Python). Command line: ``twotower serve`` (:mod:`twotower.jobs.serve`).
 """
 

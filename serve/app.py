@@ -6,17 +6,19 @@
 
 ``build_app(args)`` (``import_path: twotower.serve.app:build_app``) builds the application from
 :class:`~twotower.serve.config.AppArgs`. Index swap: new ``user_config.index_dir`` for the searchers
-(``reconfigure``); see :mod:`twotower.serve.config`.
+(``reconfigure``); see :mod:`twotower.serve.config`. Each Ingress replica builds its FastAPI app after
+loading the model (``__serve_build_asgi_app__``, :func:`twotower.serve.routes.build_api`): the request
+models and the OpenAPI document are generated from the loaded model's schema.
 """
-# no ``from __future__ import annotations`` here: FastAPI must see real types in the route signatures
-# that ``serve.ingress`` re-binds (string annotations would turn the body into a query parameter).
+from __future__ import annotations
+
 import asyncio
 import logging
 
 import faiss
 import numpy as np
 import torch
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -24,17 +26,13 @@ from twotower.model.checkpoint import read_checkpoint
 
 from .config import AppArgs, searcher_name
 from .fanout import search_all
-from .http import create_api
 from .loading import load_encoder, load_serving_state
 from .query import QueryInput
-from .recommender import recommend, similar_items
-from .schema import (ContextField, ErrorBody, IndexSummary, ModelInfo, RecommendRequest, RecommendResponse,
-                     ShardStatus, SimilarItemsRequest, SimilarItemsResponse, Unavailable)
+from .routes import build_api
+from .schema import Unavailable
 from .shards import SearchRequest, SearchResult, ShardStore
 
 log = logging.getLogger("twotower.serve")
-api = create_api()
-ERRORS = {s: {"model": ErrorBody} for s in (404, 422, 503)}
 STATUS_TIMEOUT_S = 5.0
 
 
@@ -153,50 +151,19 @@ class _ServeBackend:
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
-@serve.ingress(api)
+@serve.ingress()
 class Ingress:
-    """HTTP API (see :mod:`twotower.serve.schema` for bodies, :mod:`twotower.serve.http` for errors)."""
+    """HTTP API (routes and responses: :mod:`twotower.serve.routes`; bodies: :mod:`twotower.serve.schema` and
+    :mod:`twotower.serve.contract`; errors: :mod:`twotower.serve.http`)."""
 
     def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle], checkpoint: str,
                  dataset: str | None = None, backend_timeout_s: float = 10.0, retry_after_s: int = 2):
         self.state = load_serving_state(read_checkpoint(checkpoint), dataset)
         self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
 
-    @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
-    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
-        """Top-k items for a user in a context (model path, or cold start for unknown users)."""
-        return await recommend(body, self.state, self.backend)
-
-    @api.post("/v1/similar-items", response_model=SimilarItemsResponse, responses=ERRORS)
-    async def similar(self, body: SimilarItemsRequest) -> SimilarItemsResponse:
-        """Nearest items to an item in the item embedding space."""
-        return await similar_items(body, self.state, self.backend)
-
-    @api.get("/v1/model", response_model=ModelInfo)
-    async def model(self) -> ModelInfo:
-        """Model version, context mode and schema, and the index manifest summary."""
-        statuses = await self.backend.statuses()
-        s = self.state
-        index = next((st["index"] for st in statuses if st.get("index")), None) or {}
-        vocabs = s.context_vocabs
-        fields = [ContextField(name=f.name, kind=f.kind, cardinality=f.cardinality,
-                               values=sorted(vocabs[f.name], key=vocabs[f.name].get) if f.name in vocabs else None)
-                  for f in s.schema.context_features]
-        shards = [ShardStatus(**{k: v for k, v in st.items() if k in ShardStatus.model_fields}) for st in statuses]
-        return ModelInfo(model_version=s.model_version, context_mode=s.mode.value, context_schema=fields,
-                         user_features=[f.name for f in s.schema.user_features], num_users=s.schema.num_users,
-                         num_items=s.schema.num_items, history_length=s.schema.history_length,
-                         index=IndexSummary(**{**index, "num_shards": len(statuses), "shards": shards}))
-
-    @api.get("/healthz")
-    async def healthz(self):
-        """200 ``ready`` when every shard has an index loaded (and agrees on its version), else 503."""
-        statuses = await self.backend.statuses()
-        ready = all(st.get("loaded") for st in statuses)
-        body = {"status": "ready" if ready else "not_ready", "model_version": self.state.model_version,
-                "index_versions": sorted({st.get("version") for st in statuses if st.get("version")}),
-                "shards": [{k: st.get(k) for k in ("shard", "loaded", "version", "last_error")} for st in statuses]}
-        return JSONResponse(status_code=200 if ready else 503, content=body)
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """This replica's FastAPI app, built for the loaded model (called by Serve after ``__init__``)."""
+        return build_api(self.state, self.backend, len(self.backend.searchers))
 
 
 def build_app(args: dict) -> serve.Application:

@@ -2,16 +2,20 @@
 
 Status codes:
 
-* 422 ``invalid_request``: pydantic validation of the body (wrong type, k out of 1..1000, unknown or
-  missing field, malformed JSON) and :class:`RequestError` (unknown context field, bad context value,
-  unknown user feature). ``message`` and ``fields`` name the offending field(s), e.g. ``k``,
-  ``context.hour_sin``.
+* 422 ``invalid_request``: validation of the body by the request model the OpenAPI document publishes
+  (wrong type, k out of 1..1000, unknown or missing field, a context or user feature value the model
+  does not take, malformed JSON or a body that is not UTF-8) and :class:`RequestError` (the checks
+  JSON Schema cannot express in the document's terms, e.g. a context that names some fields but
+  neither all of them nor ``timestamp``). ``message`` and ``fields`` name the offending field(s),
+  e.g. ``k``, ``context.hour_sin``.
 * 404 ``not_found``: unknown ``item_id`` in ``/v1/similar-items``.
 * 503 ``unavailable``: the index shards or the encoder cannot answer right now (starting, a replica
   restarting after a crash, a call past ``AppArgs.backend_timeout_s``). ``unavailable`` lists the
   deployments (``Searcher1``, ``QueryEncoder``); the ``Retry-After`` header (and ``retry_after_s``)
   says when to retry.
 * 500 ``internal``: a bug; never caused by request content.
+
+Starlette's own errors (an unknown path 404, a wrong method 405) are ErrorBody answers too.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from .schema import ErrorBody, RequestError, Unavailable
 
@@ -27,10 +32,10 @@ log = logging.getLogger("twotower.serve")
 
 
 def error_response(status: int, error: str, message: str, fields: list[str] | None = None,
-                   **extra) -> JSONResponse:
+                   headers: dict | None = None, **extra) -> JSONResponse:
     """JSON :class:`ErrorBody` answer; ``extra``: the optional ErrorBody fields (``unavailable``, ...)."""
     body = ErrorBody(error=error, message=message, fields=fields or [], **extra)
-    return JSONResponse(status_code=status, content=body.model_dump(exclude_none=True))
+    return JSONResponse(status_code=status, content=body.model_dump(exclude_none=True), headers=headers)
 
 
 def _field(loc: tuple) -> str:
@@ -66,6 +71,13 @@ def create_api() -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError):
         message, fields = validation_message(list(exc.errors()))
         return error_response(422, "invalid_request", message, fields)
+
+    @api.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 400:        # FastAPI could not read the body (not UTF-8: not JSON at all)
+            return error_response(422, "invalid_request", f"body: malformed JSON: {exc.detail}", ["body"])
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, error, str(exc.detail), headers=exc.headers)
 
     @api.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):

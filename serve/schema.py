@@ -1,18 +1,42 @@
 """HTTP request/response models of the serving API (pydantic 2) and the error type naming a field.
 
 Every request model forbids unknown top-level fields, so a misspelt field is a 422 naming it. Scalars
-are strict where a silent conversion would hide a client bug (``k: "10"`` or ``k: true`` is rejected).
-Context values are checked against the model's schema later (:mod:`twotower.serve.context`), since the
-set of context fields is only known once a checkpoint is loaded.
+are strict where a silent conversion would hide a client bug (``k: "10"`` or ``k: true`` is rejected);
+an integer field takes what JSON Schema calls an integer (``10`` and ``10.0``, not ``10.5``).
+
+:class:`RecommendRequest` / :class:`SimilarItemsRequest` are the model-independent bases (offline use);
+the HTTP app validates with their subclasses generated from the loaded model's schema
+(:mod:`twotower.serve.contract`), so ``context`` and ``user_features`` are closed objects there and the
+published OpenAPI document is the validation itself.
 """
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, StrictBool,
+                      WithJsonSchema)
 
 MAX_K = 1000
+MAX_EXCLUDE_ITEMS = 10_000
 RecommendPath = Literal["model", "cold_start"]     # which path answered: RecommendResponse.path
+# a character that is not whitespace in Python's sense (``str.isspace``, what ``str.strip()`` removes),
+# spelt out so that every regex dialect (ECMA 262, Python, Rust) reads the same class
+NON_SPACE = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+RAW_ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "pattern": NON_SPACE}, {"type": "integer"}]}
+
+
+def json_int(value: object) -> int:
+    """``value`` as an int when JSON Schema calls it an integer (an int, or a float with no fraction such
+    as ``10.0``); raises ValueError for anything else (booleans, strings, ``10.5``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be an integer, got {type(value).__name__}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"must be an integer, got {value!r}")
+    return int(value)
+
+
+def _integral(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _scalar(value: object) -> object:
@@ -21,16 +45,29 @@ def _scalar(value: object) -> object:
     raise ValueError(f"must be a number, boolean or string, got {type(value).__name__}")
 
 
-def _raw_id(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
-        raise ValueError("must be a non-empty string or an integer")
-    return str(value).strip()
+def raw_id(value: object) -> str:
+    """A raw id (user, item, feature value) as the string it is looked up by: a string with a
+    non-whitespace character (stripped), or an integer (``50`` and ``50.0`` are ``"50"``).
+
+    Raises:
+        ValueError: anything else (``""``, ``"  "``, ``true``, ``null``, ``1.5``, objects).
+    """
+    if isinstance(value, str):
+        if value.strip():
+            return value.strip()
+    elif not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            return str(json_int(value))
+        except ValueError:
+            pass
+    raise ValueError("must be a non-empty string or an integer")
 
 
 # one validator (one error, located at the field) instead of a union's error per member type
-ContextValue = Annotated[Union[bool, int, float, str], PlainValidator(_scalar),
-                         WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]})]
-RawId = Annotated[str, PlainValidator(_raw_id), WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]})]
+Scalar = Annotated[Union[bool, int, float, str], PlainValidator(_scalar),
+                   WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]})]
+RawId = Annotated[str, PlainValidator(raw_id), WithJsonSchema(RAW_ID_SCHEMA)]
+JsonInt = Annotated[int, BeforeValidator(_integral), Strict()]     # 10 and 10.0; not "10", true or 10.5
 
 
 class RequestError(ValueError):
@@ -57,6 +94,8 @@ class Unavailable(RuntimeError):
         self.deployments, self.retry_after_s = list(deployments or []), max(1, int(retry_after_s))
 
 
+# Here ``context`` and ``user_features`` values are checked against the model later (serve/context.py,
+# UserState.encode_user_features); the HTTP app's generated subclass (serve/contract.py) checks them itself.
 class RecommendRequest(BaseModel):
     """``POST /v1/recommend``.
 
@@ -75,11 +114,11 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: RawId
-    context: dict[str, ContextValue] | None = None
-    k: StrictInt = Field(10, ge=1, le=MAX_K)
+    context: dict[str, Scalar] | None = None
+    k: JsonInt = Field(10, ge=1, le=MAX_K)
     exclude_seen: StrictBool = True
-    exclude_items: list[RawId] = Field(default_factory=list, max_length=10_000)
-    user_features: dict[str, RawId] | None = None
+    exclude_items: list[RawId] = Field(default_factory=list, max_length=MAX_EXCLUDE_ITEMS)
+    user_features: dict[str, Scalar] | None = None
 
 
 class SimilarItemsRequest(BaseModel):
@@ -89,7 +128,7 @@ class SimilarItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: RawId
-    k: StrictInt = Field(10, ge=1, le=MAX_K)
+    k: JsonInt = Field(10, ge=1, le=MAX_K)
 
 
 class ScoredItem(BaseModel):
@@ -172,6 +211,23 @@ class ModelInfo(BaseModel):
     num_items: int
     history_length: int
     index: IndexSummary
+
+
+class ShardHealth(BaseModel):
+    shard: int
+    loaded: bool
+    version: str | None = None
+    last_error: str | None = None
+
+
+class Health(BaseModel):
+    """Answer of ``GET /healthz``: 200 with ``status: ready`` when every shard has an index loaded, else
+    503 with ``not_ready``."""
+
+    status: Literal["ready", "not_ready"]
+    model_version: str
+    index_versions: list[str]
+    shards: list[ShardHealth]
 
 
 class ErrorBody(BaseModel):

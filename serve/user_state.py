@@ -24,9 +24,47 @@ from twotower.data.vocab import read_vocab
 from twotower.model.batch import pad_lists
 from twotower.model.schema import OOV_INDEX, DatasetSchema
 
-from .schema import RequestError
+from .schema import RAW_ID_SCHEMA, RequestError, json_int, raw_id
 
 SPLITS = ("train", "valid", "test")
+MAX_ENUM = 64          # vocabularies up to this size are listed in the published schema
+
+
+def requestable(schema: DatasetSchema) -> list:
+    """The user features a cold-start request may supply: the categorical ones."""
+    return [f for f in schema.user_features if f.kind == "categorical"]
+
+
+def user_feature_index(feature, value: object, vocab: dict[str, int] | None) -> int:
+    """Index of a raw cold-start value of a categorical user feature: with a vocabulary any raw id
+    (:func:`~twotower.serve.schema.raw_id`; values not in it are 0, unknown), else an integer index
+    0..cardinality-1. Raises RequestError naming ``user_features.<name>``."""
+    where = f"user_features.{feature.name}"
+    if vocab is not None:
+        try:
+            return int(vocab.get(raw_id(value), OOV_INDEX))
+        except ValueError as e:
+            raise RequestError(where, str(e)) from None
+    try:
+        index = json_int(value)
+    except ValueError:
+        index = -1
+    if not 0 <= index < feature.cardinality:
+        raise RequestError(where, f"must be an integer index in 0..{feature.cardinality - 1}, got {value!r}")
+    return index
+
+
+def user_feature_json_schema(feature, vocab: dict[str, int] | None) -> dict:
+    """JSON Schema of the values :func:`user_feature_index` accepts; a small vocabulary is listed first
+    (``anyOf``) to document the known values, others being accepted as unknown."""
+    if vocab is None:
+        return {"type": "integer", "minimum": 0, "maximum": feature.cardinality - 1,
+                "description": "categorical: an integer index (0 = unknown)"}
+    known = sorted(vocab, key=vocab.get)
+    if len(known) > MAX_ENUM:
+        return {**RAW_ID_SCHEMA, "description": f"raw value ({len(known)} known; others count as unknown)"}
+    return {"anyOf": [{"type": "string", "enum": known}, *RAW_ID_SCHEMA["anyOf"]],
+            "description": "raw value: one of the known ones, others count as unknown"}
 
 
 class UserState:
@@ -114,20 +152,13 @@ class UserState:
             RequestError: a feature the model does not have, a non-categorical feature, or an index out
                 of range (names ``user_features.<name>``).
         """
-        out: dict[str, int] = {}
         by_name = {f.name: f for f in self.schema.user_features}
+        out: dict[str, int] = {}
         for name, value in (features or {}).items():
-            where = f"user_features.{name}"
             f = by_name.get(name)
             if f is None:
-                raise RequestError(where, f"unknown user feature; known: {list(by_name)}")
+                raise RequestError(f"user_features.{name}", f"unknown user feature; known: {list(by_name)}")
             if f.kind != "categorical":
-                raise RequestError(where, f"{f.kind} user features cannot be supplied in a request")
-            vocab = self.feature_vocabs.get(name)
-            if vocab is not None:
-                out[name] = int(vocab.get(str(value), OOV_INDEX))
-            elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < f.cardinality:
-                out[name] = int(value)
-            else:
-                raise RequestError(where, f"must be an integer index in 0..{f.cardinality - 1}, got {value!r}")
+                raise RequestError(f"user_features.{name}", f"{f.kind} user features cannot be supplied in a request")
+            out[name] = user_feature_index(f, value, self.feature_vocabs.get(name))
         return out
