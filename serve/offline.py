@@ -36,7 +36,8 @@ from .http import validation_message
 from .loading import load_encoder, load_serving_state
 from .query import QueryEncoder, QueryInput
 from .recommender import ServingState, recommend, similar_items
-from .schema import RecommendRequest, RecommendResponse, RequestError, SimilarItemsRequest, SimilarItemsResponse
+from .contract import request_models
+from .schema import RecommendResponse, RequestError, SimilarItemsResponse
 from .shards import index_version
 
 EXACT_INDEX_VERSION = "exact"      # index_version of the answers of the in-memory exact index (index=None)
@@ -140,6 +141,8 @@ class Recommender:
                  index_version: str = EXACT_INDEX_VERSION):
         self.state, self.encoder, self.index = state, encoder, index
         self.backend = LocalBackend(encoder, index, index_version)
+        # the request models the HTTP API validates with (and publishes): same checks, same messages
+        self._recommend_request, self._similar_request = request_models(state)
 
     model_version = property(lambda self: self.state.model_version)
     index_version = property(lambda self: self.backend.version)
@@ -183,7 +186,7 @@ class Recommender:
         Raises:
             RequestError: status 422 naming the field (``k``, ``context.day_of_week``, ``user_features.x``).
         """
-        req = validated(RecommendRequest, user_id=user_id, context=context, k=k, exclude_seen=exclude_seen,
+        req = validated(self._recommend_request, user_id=user_id, context=context, k=k, exclude_seen=exclude_seen,
                         exclude_items=[] if exclude_items is None else exclude_items, user_features=user_features)
         return run_local(recommend(req, self.state, self.backend))
 
@@ -194,7 +197,7 @@ class Recommender:
         Raises:
             RequestError: unknown item (status 404, field ``item_id``); bad ``k`` (422, ``k``).
         """
-        req = validated(SimilarItemsRequest, item_id=item_id, k=k)
+        req = validated(self._similar_request, item_id=item_id, k=k)
         return run_local(similar_items(req, self.state, self.backend))
 
     def __repr__(self) -> str:
