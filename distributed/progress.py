@@ -46,6 +46,7 @@ class TrainProgress:
         self.plain_every_s, self._last_line = plain_every_s, -float("inf")
         self.bar: tqdm | None = None
         self._epoch, self._closed, self.lines_seen = 0, 0, 0
+        self._previous: tuple[int, int, float] | None = None
 
     def update(self, info: Any, lines: list[str] = ()) -> None:
         """Print rank 0's new console ``lines`` (above the bar), then show the report ``info``:
@@ -63,7 +64,7 @@ class TrainProgress:
             return
         rows, seconds = int(info.get("rows", 0)), float(info.get("seconds", 0.0))
         rate = rows / seconds if seconds > 0 else 0.0
-        step_s = seconds / step if step else float("inf")
+        step_s = self._seconds_per_step(epoch, step, seconds)
         eta_run = ((self.steps - step) + (self.epochs - epoch) * self.steps) * step_s
         text = f"rows {rows:,}, {rate:,.0f} examples/s, run ETA <= {_duration(eta_run)}"
         if self.plain:
@@ -83,6 +84,15 @@ class TrainProgress:
         self.bar.n = min(step, self.steps)
         self.bar.set_postfix_str(text, refresh=False)
         self.bar.refresh()
+
+    def _seconds_per_step(self, epoch: int, step: int, seconds: float) -> float:
+        """From the last two reports of this epoch (the first steps of an epoch include its start-up:
+        the dataset pipeline starting, so the epoch's average would overstate the ETA); inf until an
+        epoch has two reports."""
+        previous, self._previous = self._previous, (epoch, step, seconds)
+        if previous is None or previous[0] != epoch or step <= previous[1]:
+            return float("inf")
+        return (seconds - previous[2]) / (step - previous[1])
 
     def close(self) -> None:
         """Finish the current epoch's bar (if any) at 100%: the epoch ran all its steps (reports come at
