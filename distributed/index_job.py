@@ -123,10 +123,7 @@ def _check_reused(embeddings: str, model_sha: str) -> int:
             another model (:func:`~twotower.index.manifest.verify_model_sha256`).
     """
     path = storage.join(embeddings, EMBEDDINGS_INFO)
-    try:
-        info = json.loads(storage.read_bytes(path))
-    except FileNotFoundError as e:
-        raise ValueError(f"{embeddings}: no {EMBEDDINGS_INFO}; not an embeddings directory of the index job") from e
+    info = storage.read_json(path, ValueError, "missing; not an embeddings directory of the index job")
     verify_model_sha256(info.get("model_sha256"), model_sha, path)
     return int(info["num_shards"])
 

@@ -105,8 +105,8 @@ class TwoTowerTrainer:
         tracker = ProgressTracker.remote()
         shown = TrainProgress(run.config.epochs, run.steps_per_epoch)
 
-        def last_progress() -> tuple[float, dict]:
-            stamp, info, lines = ray.get(tracker.poll.remote(shown.lines_seen), timeout=30)
+        def last_progress(timeout_s: float = 30.0) -> tuple[float, dict]:
+            stamp, info, lines = ray.get(tracker.poll.remote(shown.lines_seen), timeout=timeout_s)
             shown.update(info, lines)
             return stamp, info
 
@@ -121,7 +121,7 @@ class TwoTowerTrainer:
             raise
         finally:
             try:
-                last_progress()                # the last epoch's summary lines
+                last_progress(timeout_s=5.0)   # the last epoch's summary lines (not waiting long on a failed run)
             except Exception:  # noqa: BLE001 - the tracker may be gone with a failed run
                 pass
             shown.close()

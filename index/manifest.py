@@ -150,14 +150,7 @@ class Manifest:
                 or any check of :meth:`from_dict`.
         """
         path = storage.join(directory, MANIFEST_NAME)
-        try:
-            raw = storage.read_bytes(path)
-        except FileNotFoundError as e:
-            raise IndexFormatError(f"{path}: missing (not an index directory, or its build did not finish)") from e
-        try:
-            d = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IndexFormatError(f"{path}: not valid JSON: {e}") from e
+        d = storage.read_json(path, IndexFormatError, "missing (not an index directory, or its build did not finish)")
         return cls.from_dict(d, where=path)
 
     def verify_checkpoint(self, model_sha256: str, directory: str) -> None:

@@ -47,23 +47,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class LoadedCheckpoint:
-    """A loaded checkpoint: ``model`` in eval mode on the requested device, plus its metadata."""
+    """A loaded checkpoint: ``model`` in eval mode on the requested device, its parsed ``checkpoint.json``
+    (``info``; ``schema``, ``model_config``, ``train_config``, ``meta``, ``model_sha256`` read from it) and
+    the optimizer state (None when the checkpoint has none)."""
 
     model: TwoTowerModel
-    schema: DatasetSchema
-    model_config: ModelConfig
-    train_config: dict
-    meta: dict
+    info: "CheckpointInfo"
     optimizer_state: dict | None
 
-    @property
-    def info(self) -> "CheckpointInfo":
-        """The parsed ``checkpoint.json`` (see :class:`CheckpointInfo`; ``path`` is "")."""
-        return CheckpointInfo("", self.meta, self.schema, self.model_config)
-
-    @property
-    def model_sha256(self) -> str:
-        return self.info.model_sha256
+    schema = property(lambda self: self.info.schema)
+    model_config = property(lambda self: self.info.model_config)
+    meta = property(lambda self: self.info.meta)
+    train_config = property(lambda self: self.info.meta.get("train_config", {}))
+    model_sha256 = property(lambda self: self.info.model_sha256)
 
 
 def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, train_config: dict | None = None,
@@ -215,6 +211,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     ``info``: this directory's :func:`read_checkpoint`, when the caller has read it already (then
     ``checkpoint.json`` is not read again).
     """
+    info = info if info is not None else read_checkpoint(directory)     # in place, also for a URI
     local, temporary = storage.local_copy(directory)
     try:
         return _load_local(local, map_location, verify, info)
@@ -227,11 +224,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
             shutil.rmtree(local, ignore_errors=True)
 
 
-def _load_local(path: Path, map_location: str | torch.device, verify: bool,
-                info: CheckpointInfo | None) -> LoadedCheckpoint:
-    info = info if info is not None else read_checkpoint(path)
-    meta = info.meta
-    for name, digest in meta.get("sha256", {}).items():
+def _load_local(path: Path, map_location: str | torch.device, verify: bool, info: CheckpointInfo) -> LoadedCheckpoint:
+    for name, digest in info.meta.get("sha256", {}).items():
         if not (path / name).exists():
             raise CheckpointError(f"{path / name}: missing")
         if verify and sha256_file(path / name) != digest:
@@ -247,4 +241,4 @@ def _load_local(path: Path, map_location: str | torch.device, verify: bool,
     if (path / "optimizer.pt").exists():
         optimizer_state = _load_tensors(path / "optimizer.pt")
     model.to(map_location).eval()
-    return LoadedCheckpoint(model, schema, cfg, meta.get("train_config", {}), meta, optimizer_state)
+    return LoadedCheckpoint(model, info, optimizer_state)

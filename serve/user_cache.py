@@ -89,8 +89,8 @@ def load_user_cache(directory: str | Path, model_sha256: str | None = None, stat
         UserCacheError: files missing, sha256 mismatch, or built from another model / user state.
     """
     meta_path, array_path = storage.join(directory, META), storage.join(directory, ARRAY)
+    meta = storage.read_json(meta_path, UserCacheError, "missing (not a user cache directory)")
     try:
-        meta = json.loads(storage.read_text(meta_path))
         raw = storage.read_bytes(array_path)
     except FileNotFoundError as e:
         raise UserCacheError(f"{e.filename or directory}: missing (not a user cache directory)") from e

@@ -129,13 +129,13 @@ def read_json(path: str | os.PathLike, error: type[Exception], missing: str):
 
     Raises:
         error: ``"<path>: <missing>"`` when the file does not exist, ``"<path>: not valid JSON: ..."``
-            when it does not parse (chained to the original exception).
+            when it is not UTF-8 JSON (chained to the original exception).
     """
     try:
         return json.loads(read_text(path))
     except FileNotFoundError as e:
         raise error(f"{path}: {missing}") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON: {e}") from e
 
 

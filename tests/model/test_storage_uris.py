@@ -72,3 +72,22 @@ def test_storage_helpers_on_s3(s3_store, tmp_path):
     assert storage.normalize(f"{base}/dir") == f"{base}/dir"
     assert storage.normalize("rel/x") == str(tmp_path.cwd() / "rel" / "x")
     assert storage.is_uri(base) and not storage.is_uri(tmp_path)
+
+
+def test_read_json_names_the_file_for_missing_invalid_and_non_utf8(tmp_path):
+    from twotower.index.manifest import IndexFormatError, Manifest
+    from twotower.serve.user_cache import UserCacheError, load_user_cache
+
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert storage.read_json(tmp_path / "ok.json", ValueError, "missing") == {"a": 1}
+    with pytest.raises(ValueError, match=r"nope\.json: missing"):
+        storage.read_json(tmp_path / "nope.json", ValueError, "missing")
+    for name, raw in (("manifest", b"{not json"), ("latin", b'{"a": "\xe9"}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_bytes(raw)
+        with pytest.raises(IndexFormatError, match=rf"{name}/manifest.json: not valid JSON"):
+            Manifest.read(str(tmp_path / name))
+    (tmp_path / "cache").mkdir()                     # a user cache whose meta file is not JSON: named, no traceback
+    (tmp_path / "cache" / "user_cache.json").write_text("{")
+    with pytest.raises(UserCacheError, match=r"cache/user_cache.json: not valid JSON"):
+        load_user_cache(str(tmp_path / "cache"), None, None)
