@@ -19,11 +19,11 @@ from twotower.model.schema import Feature
 
 SECONDS_PER_DAY = 86_400
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-CONTEXT_FEATURES = (
-    Feature("hour_sin", "numeric"),
-    Feature("hour_cos", "numeric"),
-    Feature("day_of_week", "categorical", cardinality=8),
-    Feature("is_weekend", "numeric"),
+CONTEXT_FEATURES = (          # derived from the event timestamp (never stored; serving derives them too)
+    Feature("hour_sin", "numeric", source="timestamp"),
+    Feature("hour_cos", "numeric", source="timestamp"),
+    Feature("day_of_week", "categorical", cardinality=8, source="timestamp"),
+    Feature("is_weekend", "numeric", source="timestamp"),
 )
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 TITLE_BUCKETS = 1024

@@ -21,10 +21,10 @@ from twotower.data import features as F
 from twotower.data.errors import DataFormatError
 from twotower.data.locate import find_movielens
 from twotower.data.movielens import MovieLensData, read_movielens
-from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_out, sort_order,
-                                 temporal_cuts, temporal_split, user_chunks)
+from twotower.data.split import (SPLIT_METHODS, leave_last_out, sort_order, temporal_cuts, temporal_split,
+                                 user_chunks)
 from twotower.data.vocab import write_vocab
-from twotower.data.writer import InteractionWriter, atomic_directory, list_column, write_json
+from twotower.data.writer import SequenceWriter, atomic_directory, list_column, write_json
 from twotower import storage
 from twotower.model.schema import DatasetSchema, Feature
 
@@ -112,11 +112,12 @@ def write_movielens(out: str | Path, data: MovieLensData, *, min_rating: float |
     cuts = temporal_cuts(ts, valid_fraction, test_fraction) if split == "temporal" else None
     codes = temporal_split(ts, cuts) if cuts else leave_last_out(u)
     num_items = len(items_raw) + 1
+    layout = DatasetSchema(num_users=len(users_raw) + 1, num_items=num_items, history_length=history_length,
+                           context_features=F.CONTEXT_FEATURES)
     with atomic_directory(out, overwrite) as tmp:
-        iw = InteractionWriter(tmp, num_items, rows_per_file)
+        iw = SequenceWriter(tmp, layout, num_items)
         for lo, hi in user_chunks(u, chunk_rows):
-            iw.write(build_split_tables(u[lo:hi], i[lo:hi], ts[lo:hi], rating[lo:hi],
-                                        codes[lo:hi], history_length))
+            iw.write(u[lo:hi], i[lo:hi], ts[lo:hi], codes[lo:hi])
             log.info("%s: wrote %d / %d interactions (%.1fs)", data.variant, hi, len(u),
                      time.time() - t0)
         files = iw.close()

@@ -40,10 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower.data import features as F
-from twotower.data.split import (SPLIT_METHODS, build_split_tables, leave_last_out,
-                                 temporal_cuts, temporal_split)
+from twotower.data.split import SPLIT_METHODS, leave_last_out, temporal_cuts, temporal_split
 from twotower.data.vocab import vocab_table, write_vocab
-from twotower.data.writer import InteractionWriter, atomic_directory, write_json
+from twotower.data.writer import SequenceWriter, atomic_directory, write_json
 from twotower.model.schema import DatasetSchema, Feature
 
 log = logging.getLogger("twotower.data")
@@ -156,7 +155,9 @@ def prepare_synthetic(out: str | Path, users: int = 10_000, items: int = 2_000,
         cuts = temporal_cuts(np.concatenate(sample), valid_fraction, test_fraction)
     with atomic_directory(out, overwrite) as tmp:
         (tmp / "vocab").mkdir()
-        iw = InteractionWriter(tmp, items + 1, rows_per_file)
+        iw = SequenceWriter(tmp, DatasetSchema(num_users=users + 1, num_items=items + 1,
+                                               history_length=history_length,
+                                               context_features=F.CONTEXT_FEATURES), items + 1)
         done_rows, ts_min, ts_max = _write_user_blocks(
             tmp, world, iw, seed=seed, in_cluster=in_cluster, window_match=window_match, cuts=cuts,
             history_length=history_length, chunk_users=chunk_users, chunk_rows=chunk_rows, t0=t0)
@@ -201,7 +202,7 @@ def prepare_synthetic(out: str | Path, users: int = 10_000, items: int = 2_000,
     return stats
 
 
-def _write_user_blocks(tmp: Path, world: _World, iw: InteractionWriter, *, seed: int, in_cluster: float,
+def _write_user_blocks(tmp: Path, world: _World, iw: SequenceWriter, *, seed: int, in_cluster: float,
                        window_match: float, cuts, history_length: int, chunk_users: int, chunk_rows: int,
                        t0: float) -> tuple[int, int, int]:
     """Generate the users block by block, grouped into chunks of about ``chunk_users`` users or
@@ -229,7 +230,7 @@ def _write_user_blocks(tmp: Path, world: _World, iw: InteractionWriter, *, seed:
         if len(ts):
             ts_min, ts_max = min(ts_min, int(ts.min())), max(ts_max, int(ts.max()))
         codes = temporal_split(ts, cuts) if cuts else leave_last_out(u)
-        iw.write(build_split_tables(u, i, ts, r, codes, history_length))
+        iw.write(u, i, ts, codes)
         lo, hi = done_users + 1, done_users + nu + 1
         ids = np.arange(lo, hi)
         uw.write_table(pa.table({"user_idx": ids.astype(np.int32),

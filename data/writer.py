@@ -164,36 +164,41 @@ def list_column(lists: Sequence[Sequence[int]]) -> pa.Array:
     return pa.array([list(x) for x in lists], pa.list_(pa.int32()))
 
 
-class InteractionWriter:
-    """Writes ``interactions/{train,valid,test}/part-*.parquet`` from the per-chunk tables of
-    :func:`twotower.data.split.build_split_tables` and counts train interactions per item.
+class SequenceWriter:
+    """Writes ``sequences/part-NNNNN.parquet`` (:mod:`twotower.data.sequences`), one file per :meth:`write`
+    of complete users, and counts train interactions per item.
 
     Attributes:
-        train_count: int64 (num_items,), train rows per item index, accumulated over chunks.
-        rows: rows written per split (after :meth:`close`; running totals before).
+        train_count: int64 (num_items,), train interactions per item index, accumulated over writes.
+        rows: interactions written per split.
+        files: the file names written (relative to ``sequences/``).
     """
 
-    def __init__(self, out: Path, num_items: int, rows_per_file: int = ROWS_PER_FILE,
-                 row_group_size: int = ROW_GROUP_SIZE) -> None:
-        from twotower.data.split import SPLITS, interaction_schema
+    def __init__(self, out: Path, schema, num_items: int) -> None:
+        from twotower.data.sequences import SEQUENCES_DIR, SPLITS
 
-        self.writers = {s: PartWriter(Path(out) / "interactions" / s, interaction_schema(s != "train"),
-                                      rows_per_file, row_group_size) for s in SPLITS}
+        self.directory = Path(out) / SEQUENCES_DIR
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
         self.train_count = np.zeros(num_items, np.int64)
-        self.written = {s: 0 for s in SPLITS}
+        self.rows = {s: 0 for s in SPLITS}
+        self.files: list[str] = []
 
-    @property
-    def rows(self) -> dict[str, int]:
-        return dict(self.written)
+    def write(self, user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, split: np.ndarray,
+              columns: dict | None = None) -> None:
+        """Append interactions of complete users sorted by (user, timestamp, raw row order)."""
+        from twotower.data.sequences import TRAIN, build_sequence_rows, write_sequence_file
 
-    def write(self, tables: dict[str, pa.Table]) -> None:
-        """Append one chunk ``{split: table}``."""
-        for split, table in tables.items():
-            self.writers[split].write(table)
-            self.written[split] += table.num_rows
-        train_items = tables["train"]["item_idx"].to_numpy()
-        self.train_count += np.bincount(train_items, minlength=len(self.train_count))
+        if len(user) == 0:
+            return
+        name = f"part-{len(self.files):05d}.parquet"
+        rows = build_sequence_rows(user, item, timestamp, split, self.schema, columns)
+        counts = write_sequence_file(rows, str(self.directory / name))
+        self.files.append(name)
+        for k, v in counts.items():
+            self.rows[k] += v
+        self.train_count += np.bincount(np.asarray(item)[np.asarray(split) == TRAIN], minlength=len(self.train_count))
 
-    def close(self) -> dict[str, list[str]]:
-        """Flush all splits; returns ``{split: [file names]}``."""
-        return {s: w.close() for s, w in self.writers.items()}
+    def close(self) -> list[str]:
+        """The file names written."""
+        return list(self.files)

@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from twotower.data import features as F
-from twotower.data.split import (TEST, TRAIN, VALID, history_matrix, leave_last_out, seen_lists,
-                                 temporal_cuts, temporal_split, user_chunks)
+from twotower.data.split import TEST, TRAIN, VALID, leave_last_out, temporal_cuts, temporal_split, user_chunks
 from twotower.data.writer import PartWriter
 
 TOKS = [389, 823, 775]  # "shawshank", "redemption", "the"
@@ -59,12 +58,6 @@ def test_split_helpers():
     user = np.array([1, 1, 1, 1, 2, 2, 3, 3, 3])
     assert leave_last_out(user).tolist() == [TRAIN, TRAIN, VALID, TEST, TRAIN, TRAIN,
                                              TRAIN, VALID, TEST]
-    item = np.array([5, 6, 7, 5, 1, 2, 3, 4, 9], np.int32)
-    pos = np.array([0, 1, 2, 3, 0, 1, 0, 1, 2])
-    assert history_matrix(item, pos, 2).tolist() == [[0, 0], [5, 0], [6, 5], [7, 6], [0, 0],
-                                                     [1, 0], [0, 0], [3, 0], [4, 3]]
-    offsets, values = seen_lists(item, np.array([0, 0, 6]), np.array([3, 4, 0]))
-    assert offsets.tolist() == [0, 3, 6, 6] and values.tolist() == [5, 6, 7, 5, 6, 7]
     assert user_chunks(user, 5) == [(0, 4), (4, 9)]
     assert user_chunks(user, 2) == [(0, 4), (4, 6), (6, 9)]
     cuts = temporal_cuts(np.arange(100), 0.1, 0.2)
