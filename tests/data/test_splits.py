@@ -64,6 +64,10 @@ def test_missing_footer_metadata_or_column_is_named(three_files):
     good = [f for f in sequence_files(three_files) if f != str(bad)]
     assert files == {"train": good, "valid": good} and [b.path for b in skipped] == [str(bad)]
     assert counts["valid"] == sum(len(cut_examples(pq.read_table(f), 1, schema)["item_idx"]) for f in good) > 0
+    for f in good:
+        (three_files / "sequences" / f.rsplit("/", 1)[1]).write_bytes(b"garbage")
+    with pytest.raises(DataFormatError, match="no usable sequence file left"):
+        check_splits(three_files, schema, skip_bad_files=True)
 
 
 def test_required_columns_follow_the_schema():
