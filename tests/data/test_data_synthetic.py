@@ -1,4 +1,4 @@
-"""Synthetic generator: layout, planted structure, streaming consistency."""
+"""Synthetic generator (a source of the Ray Data prepare job): layout, planted structure, chunking."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from twotower.data.synthetic import prepare_synthetic
+from twotower.data.sequences import SEEN_COLUMN, SPLITS, cut_examples
 from twotower.data.tables import load_feature_tables
+from twotower.distributed.sources import prepare_synthetic
 from twotower.model.schema import DatasetSchema
 
 USERS, ITEMS, N = 2500, 400, 50_000
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +26,19 @@ def syn(tmp_path_factory) -> Path:
 
 
 def table(root: Path, split: str) -> pa.Table:
-    return pq.read_table(root / "interactions" / split)
+    """The examples of ``split`` (seen_items on valid/test) as a table."""
+    code = SPLITS.index(split)
+    ex = cut_examples(pq.read_table(root / "sequences"), code, DatasetSchema.load(root), with_seen=code > 0)
+    cols = {k: (pa.array([list(x) for x in v]) if getattr(v, "ndim", 1) > 1 or k == SEEN_COLUMN else v)
+            for k, v in ex.items()}
+    return pa.table(cols)
 
 
 def test_layout_and_counts(syn):
     for name in ("schema.json", "stats.json", "users.parquet", "items.parquet",
                  "vocab/users.parquet", "vocab/items.parquet", "vocab/segment.parquet",
                  "vocab/category.parquet", "vocab/genres.parquet", "synthetic_truth_users.parquet",
-                 "synthetic_truth_items.parquet", "interactions/train/part-00000.parquet",
-                 "interactions/valid/part-00000.parquet", "interactions/test/part-00000.parquet"):
+                 "synthetic_truth_items.parquet", "sequences/part-00000.parquet"):
         assert (syn / name).is_file(), name
     schema = DatasetSchema.load(syn)
     assert (schema.num_users, schema.num_items, schema.history_length) == (USERS + 1, ITEMS + 1, 20)
@@ -83,17 +89,16 @@ def test_sequences_history_and_seen(syn):
         assert set(s) == items_by_user[u] | {valid[u]}
 
 
-def test_streaming_chunk_size_does_not_change_data(syn, tmp_path):
+def test_chunks_and_partitions_do_not_change_data(syn, tmp_path):
     out = tmp_path / "small_chunks"
-    stats = prepare_synthetic(out, USERS, ITEMS, N, seed=3, history_length=20, chunk_users=1,
-                              rows_per_file=7_000)
+    stats = prepare_synthetic(out, USERS, ITEMS, N, seed=3, history_length=20, chunk_users=1, block_rows=7_000)
     assert stats["rows"] == json.loads((syn / "stats.json").read_text())["rows"]
-    files = sorted((out / "interactions" / "train").iterdir())
-    sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    assert len(files) == -(-stats["rows"]["train"] // 7_000)
-    assert all(s == 7_000 for s in sizes[:-1]) and sum(sizes) == stats["rows"]["train"]
+    assert stats["partitions"] == -(-N // 7_000) and len(stats["files"]) == stats["partitions"]
+    assert stats["interaction_files"] == -(-USERS // 1024)          # one raw file per 1024-user block
     for split in ("train", "valid", "test"):
-        assert table(out, split).equals(table(syn, split))
+        a, b = table(out, split), table(syn, split)
+        order = lambda t: np.lexsort((t["timestamp"].to_numpy(), t["user_idx"].to_numpy()))  # noqa: E731
+        assert a.take(order(a)).equals(b.take(order(b))), split
     a, b = load_feature_tables(out), load_feature_tables(syn)
     assert all(np.array_equal(a[1][k], b[1][k]) for k in b[1])
 
