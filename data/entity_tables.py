@@ -61,7 +61,6 @@ def encode_entities(table: pa.Table | None, src: TableSpec | None, vocab: np.nda
                     files: list[str] | None = None) -> tuple[dict[str, pa.Array], tuple[Feature, ...], dict[str, np.ndarray]]:
     """Feature columns aligned to ``vocab`` (the raw ids of indices 1..n; row 0 unknown), the schema
     Features and the categorical / multi-hot vocabularies to write. ``table`` None: no features."""
-    n = len(vocab) + 1
     if table is None or src is None:
         return {}, (), {}
     at = _rows(table, files or [key], src)

@@ -14,7 +14,6 @@ literals, ``is None`` / ``is not None``, combined with ``and``, ``or``, ``not`` 
 from __future__ import annotations
 
 import ast
-import math
 from dataclasses import dataclass
 
 import numpy as np
