@@ -89,7 +89,7 @@ def numbers(table: pa.Table, column: str, at: Rows) -> np.ndarray:
     col = _column(table, column)
     if pa.types.is_boolean(col.type) or pa.types.is_integer(col.type) or pa.types.is_floating(col.type) \
             or pa.types.is_decimal(col.type):
-        return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        return pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
     if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
         raise at.error(0, column, f"must hold numbers, the column holds {col.type}")
     values = col.to_pylist()
@@ -106,24 +106,28 @@ def numbers(table: pa.Table, column: str, at: Rows) -> np.ndarray:
 
 def timestamps(table: pa.Table, column: str, unit: str, at: Rows) -> np.ndarray:
     """A timestamp column as int64 unix seconds (``unit``: ``seconds`` / ``milliseconds`` for numbers;
-    arrow timestamp and date types carry their own). Raises DataFormatError at the first null value, or
-    value outside 1970-01-01 .. 9999-12-31."""
-    col = _column(table, column)
-    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        secs = pc.cast(pc.cast(col, pa.timestamp("s", tz=getattr(col.type, "tz", None)), safe=False), pa.int64())
-        raw = secs.to_numpy(zero_copy_only=False)
-        values = np.where(pc.is_null(secs).to_numpy(zero_copy_only=False), np.nan, raw.astype(np.float64))
+    arrow timestamp and date types carry their own; integers stay exact, floats and text are floored).
+    Raises DataFormatError at the first null value, or value outside 1970-01-01 .. 9999-12-31."""
+    raw = _column(table, column)
+    if pa.types.is_timestamp(raw.type) or pa.types.is_date(raw.type):
+        col = pc.cast(pc.cast(raw, pa.timestamp("s", tz=getattr(raw.type, "tz", None)), safe=False), pa.int64())
+        secs, null = pc.fill_null(col, 0).to_numpy(zero_copy_only=False), pc.is_null(col)
+    elif pa.types.is_integer(raw.type):
+        secs, null = pc.fill_null(pc.cast(raw, pa.int64()), 0).to_numpy(zero_copy_only=False), pc.is_null(raw)
+        secs = secs // 1000 if unit == "milliseconds" else secs
     else:
         values = numbers(table, column, at)
         values = values / 1000.0 if unit == "milliseconds" else values
-    bad = ~np.isfinite(values) | (values < 0) | (values > MAX_TIMESTAMP)
+        null = pa.array(np.isnan(values))
+        secs = np.floor(np.where(np.isfinite(values) & (np.abs(values) <= MAX_TIMESTAMP), values, -1)).astype(np.int64)
+    bad = null.to_numpy(zero_copy_only=False) | (secs < 0) | (secs > MAX_TIMESTAMP)
     if bad.any():
         i = _first(bad)
-        raw_value = col[i].as_py()
-        why = "null timestamp" if raw_value is None else \
-            f"timestamp {raw_value!r} is out of range ({unit}: 0 .. {MAX_TIMESTAMP} s, 1970-01-01 .. 9999-12-31)"
-        raise at.error(i, column, why, raw_value)
-    return np.floor(values).astype(np.int64)
+        value = raw[i].as_py()
+        why = "null timestamp" if value is None else \
+            f"timestamp {value!r} is out of range ({unit}: 1970-01-01 .. 9999-12-31, 0 .. {MAX_TIMESTAMP} s)"
+        raise at.error(i, column, why, value)
+    return secs.astype(np.int64)
 
 
 def detect_unit(table: pa.Table, column: str, at: Rows) -> str:
