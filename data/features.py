@@ -92,12 +92,19 @@ def stable_bucket(token: str, buckets: int = TITLE_BUCKETS) -> int:
     return zlib.crc32(token.encode("utf-8")) % (buckets - 1) + 1
 
 
+def hash_tokens(text: str, buckets: int = TITLE_BUCKETS, max_length: int = TITLE_MAX_LENGTH) -> list[int]:
+    """The one text tokeniser (``text`` features at prepare time and in serving requests): the lower-cased
+    word tokens (regex ``\\w+``) of ``text`` in order, the first ``max_length`` of them, each hashed to
+    a bucket in 1..buckets-1 by :func:`stable_bucket`."""
+    words = _TOKEN_RE.findall(str(text).lower())
+    return [stable_bucket(w, buckets) for w in words[:max_length]]
+
+
 def title_tokens(title: str, buckets: int = TITLE_BUCKETS,
                  max_length: int = TITLE_MAX_LENGTH) -> list[int]:
-    """Hashed bag of the lower-cased word tokens of ``title`` without its year, in title order,
-    truncated to ``max_length`` entries; each entry in 1..buckets-1."""
-    words = _TOKEN_RE.findall(strip_year(title).lower())
-    return [stable_bucket(w, buckets) for w in words[:max_length]]
+    """Hashed bag of the lower-cased word tokens of ``title`` without its year (:func:`hash_tokens` of
+    :func:`strip_year`), in title order, truncated to ``max_length`` entries; each in 1..buckets-1."""
+    return hash_tokens(strip_year(title), buckets, max_length)
 
 
 def _sort_key(value: str) -> tuple:
