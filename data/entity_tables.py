@@ -35,7 +35,8 @@ def read_entities(src: TableSpec, key: str) -> tuple[pa.Table, list[str]]:
     duplicate id: naming the file, the column, the row and the value)."""
     files = expand(src, f"{key}.path")
     needed = {src.id: f"{key}.id"} | ({src.title: f"{key}.title"} if src.title else {})
-    needed |= {f.column or name: f"{key}.features.{name}.column" for name, f in src.features.items()}
+    needed |= {f.column or name: f"{key}.features.{name}.column" for name, f in src.features.items()
+               if f.table is None}
     for path in files:
         check_columns(path, src, needed)
     table = read_whole(files, src, list(needed))
@@ -71,13 +72,28 @@ def encode_entities(table: pa.Table | None, src: TableSpec | None, vocab: np.nda
         titles = np.array(N.texts(table, src.title) + [""], dtype=object)
         columns["title"] = pa.array(titles[rows].tolist(), pa.string())
     for name, f in src.features.items():
-        col, feat, vocab_values = _feature(table, f.column or name, name, f, rows, at, min_count)
+        col, feat, vocab_values = _feature(table, f.column or name, name, f, rows, at, min_count, src.id)
         columns[name], vocabs[name] = col, vocab_values
         features.append(feat)
     return columns, tuple(features), {k: v for k, v in vocabs.items() if v is not None}
 
 
-def _feature(table, column, name, f: FeatureSpec, rows: np.ndarray, at, min_count: int):
+def _long_lists(table: pa.Table, src_id: str, column: str, name: str, f: FeatureSpec) -> pa.Array:
+    """Per row of ``table``: the values of ``column`` in the feature's long ``table`` whose id is the row's id
+    (list<string>, in the long table's order; empty when the id has none)."""
+    long, key = f.table, f"features.{name}.table"
+    files = expand(long, f"{key}.path")
+    for path in files:
+        check_columns(path, long, {long.id: f"{key}.id", column: f"features.{name}.column"})
+    raw = read_whole(files, long, [long.id, column])
+    pairs = pa.table({"id": N.ids(raw, long.id, _rows(raw, files, long)), "v": N.categories(raw, column)})
+    grouped = pairs.filter(pc.is_valid(pairs["v"])).group_by("id", use_threads=False).aggregate([("v", "list")])
+    pos = Lookup(grouped["id"].combine_chunks().to_numpy(zero_copy_only=False))(table[src_id].combine_chunks())
+    lists = grouped["v_list"].combine_chunks()
+    return pa.array([lists[p - 1].as_py() if p > 0 else [] for p in pos.tolist()], pa.list_(pa.string()))
+
+
+def _feature(table, column, name, f: FeatureSpec, rows: np.ndarray, at, min_count: int, src_id: str = ""):
     known = rows >= 0
     if f.kind in ("numeric", "bucketized"):
         values = np.r_[N.numbers(table, column, at), np.nan][rows].astype(np.float32)
@@ -92,7 +108,8 @@ def _feature(table, column, name, f: FeatureSpec, rows: np.ndarray, at, min_coun
         codes = np.r_[Lookup(vocab)(raw), 0][rows]
         return pa.array(codes.astype(np.int32)), Feature(name, "categorical", cardinality=len(vocab) + 1), vocab
     if f.kind == "multi_hot":
-        lists = N.value_lists(table, column, f.separator, at)
+        lists = _long_lists(table, src_id, column, name, f) if f.table is not None else \
+            N.value_lists(table, column, f.separator, at)
         vocab = _cut(pc.value_counts(pc.list_flatten(lists)), f.min_count or min_count)
         codes = Lookup(vocab)(pc.list_flatten(lists))
         lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)

@@ -90,12 +90,21 @@ class Source(_Strict):
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
 
+class LongTable(Source):
+    """A table with one row per (``id``, value), e.g. MovieLens ``tags.csv``: a multi_hot feature of the
+    users / items table that collects, per id, the values of its ``column`` over all rows."""
+
+    id: str
+
+
 class FeatureSpec(_Strict):
     """One feature: its ``kind`` (module docstring), the source ``column`` (default: the feature's name)
-    and the options of its kind."""
+    and the options of its kind; a multi_hot feature of a users / items table may come from another
+    ``table`` with one row per (id, value)."""
 
     kind: FeatureSpecKind
     column: str | None = None
+    table: LongTable | None = None
     min_count: int | None = Field(None, ge=1, description="categorical / multi_hot: rarer values -> unknown")
     boundaries: list[float] | None = None
     quantiles: int | None = Field(None, ge=2, le=1000, description="bucketized: number of equal-count buckets")
@@ -113,7 +122,7 @@ class FeatureSpec(_Strict):
         if self.kind == "vector" and self.dim is None:
             raise ValueError("vector needs dim (the number of values per row)")
         for option, kinds in (("boundaries", ("bucketized",)), ("quantiles", ("bucketized",)),
-                              ("separator", ("multi_hot",)), ("dim", ("vector",)),
+                              ("separator", ("multi_hot",)), ("dim", ("vector",)), ("table", ("multi_hot",)),
                               ("min_count", ("categorical", "multi_hot"))):
             if getattr(self, option) is not None and self.kind not in kinds:
                 raise ValueError(f"{option} applies to {' / '.join(kinds)} features, not {self.kind}")
@@ -210,6 +219,8 @@ class DatasetSpec(_Strict):
                 seen[name] = where
                 if where == "context.features" and f.kind not in CONTEXT_KINDS:
                     raise ValueError(f"{where}.{name}: kind {f.kind} is not a context kind ({', '.join(CONTEXT_KINDS)})")
+                if where == "context.features" and f.table is not None:
+                    raise ValueError(f"{where}.{name}: table applies to users / items features, not context")
         if self.context.time_features:
             for name in ("hour_sin", "hour_cos", "day_of_week", "is_weekend"):
                 if name in seen:
@@ -286,10 +297,19 @@ def resolve_paths(spec: DatasetSpec, base: str) -> DatasetSpec:
     def fix(p: str) -> str:
         return p if storage.is_uri(p) or Path(p).is_absolute() else storage.join(base, p)
 
+    def fixed(src: Source) -> Source:
+        return src.model_copy(update={"path": [fix(p) for p in src.paths] if isinstance(src.path, list)
+                                      else fix(src.path)})
+
     update = {}
     for key in ("interactions", "users", "items"):
         src = getattr(spec, key)
-        if src is not None:
-            update[key] = src.model_copy(update={"path": [fix(p) for p in src.paths] if isinstance(src.path, list)
-                                                 else fix(src.path)})
+        if src is None:
+            continue
+        src = fixed(src)
+        if key != "interactions":
+            src = src.model_copy(update={"features": {
+                name: f.model_copy(update={"table": fixed(f.table)}) if f.table else f
+                for name, f in src.features.items()}})
+        update[key] = src
     return spec.model_copy(update=update)
