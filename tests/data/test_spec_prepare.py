@@ -164,6 +164,21 @@ def test_timestamps_out_of_range_and_of_the_wrong_type(shop, tmp_path):
     assert "events/part-1.parquet row 1: column 'ts': non-numeric value '2023-11-14'" in msg
 
 
+def test_columns_of_the_wrong_type(shop, tmp_path):
+    def text_vectors(spec, root):
+        t = pq.read_table(root / "products.parquet")
+        pq.write_table(t.set_column(5, "image", pa.array(["0,1,2,3"] * 5)), root / "products.parquet")
+    msg = _fails(_spec(shop, tmp_path, text_vectors), tmp_path)
+    assert "products.parquet row 1: column 'image': vector features need a list of numbers per row, the column " \
+           "holds string" in msg
+
+    def fractional_ids(spec, root):
+        t = _events(root)
+        _rewrite(root, t.set_column(1, "sku", pa.array([2.0, 3.0, 4.5, 1.0, 9.0, 1.0])))
+    msg = _fails(_spec(shop, tmp_path / "b", fractional_ids), tmp_path / "b")
+    assert "events/part-1.parquet row 3: column 'sku': ids must be integers or strings, got a fractional number" in msg
+
+
 def test_bad_filter_is_a_spec_error(shop, tmp_path):
     path = _spec(shop, tmp_path, lambda s, r: s["interactions"].update(filter="kind == 'buy'"))
     assert "interactions.filter: unknown column 'kind'" in _fails(path, tmp_path, SpecError)
