@@ -98,7 +98,7 @@ def test_schema_round_trip_and_unknown_version(tmp_path, toy_schema):
     assert toy_schema.context_feature("hour_sin").kind == "numeric"
     with pytest.raises(KeyError, match="unknown context field 'mood'"):
         toy_schema.context_feature("mood")
-    (tmp_path / "schema.json").write_text(toy_schema.to_json().replace('"format_version": 1', '"format_version": 7'))
+    (tmp_path / "schema.json").write_text(toy_schema.to_json().replace('"format_version": 2', '"format_version": 7'))
     with pytest.raises(SchemaError, match="format_version 7"):
         DatasetSchema.load(tmp_path)
 
