@@ -21,6 +21,7 @@ from twotower.model.schema import DatasetSchema, Feature
 
 GROUP_SIZE, GROUPS, COLD = 8, 8, 2
 NUM_ITEMS = 1 + GROUPS * GROUP_SIZE
+ITEM_GROUP = np.r_[0, np.repeat(np.arange(GROUPS), GROUP_SIZE)]          # planted group of each item index
 T0 = 880_000_000
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "zeta"]
 VOCABS = {"u_cat": ["a", "b", "c"], "u_tags": ["t1", "t2", "t3", "t4", "t5"], "i_genres": ["g1", "g2", "g3", "g4"],
@@ -59,7 +60,7 @@ def users(cluster: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
 
 def items(rng: np.random.Generator) -> dict[str, object]:
     """Item feature columns (NUM_ITEMS rows, row 0 zeros) and ``train_count`` (cold items 0), ``title``."""
-    g = np.r_[0, np.repeat(np.arange(GROUPS), GROUP_SIZE)]
+    g = ITEM_GROUP
     titles = [""] + [f"{'red' if x >= 4 else 'blue'} {rng.choice(WORDS)}" for x in g[1:]]
     genres = [[]] + [sorted({1 + x % 2, int(rng.integers(3, 5))}) for x in g[1:]]
     price = np.where((g // 2) % 2 == 1, 25.0, 5.0).astype(np.float32)
@@ -83,6 +84,33 @@ def examples(cluster: np.ndarray, item_group: np.ndarray, rng: np.random.Generat
            "c_temp": rng.normal(15, 8, n).astype(np.float32), "c_dist": rng.uniform(0, 8, n).astype(np.float32),
            "c_tags": [[1 + int(x)] for x in s]}
     return out | {k: v for k, v in context_features(ts).items()}
+
+
+def cold_batch(n: int, rng: np.random.Generator, item_group: np.ndarray, sch: DatasetSchema) -> dict:
+    """n model-input examples of fresh users (user_idx 0, their features as overrides, empty histories:
+    only features tell the planted group), as tensors."""
+    import torch
+
+    from twotower.model.batch import feature_column, to_tensors
+
+    cluster = rng.integers(0, 4, n)
+    u = users(cluster, rng)
+    raw = {"user_idx": np.zeros(n), "history": np.zeros((n, sch.history_length)), **examples(cluster, item_group, rng)}
+    return to_tensors(raw, sch) | {f.name: torch.as_tensor(feature_column(f, u[f.name])) for f in sch.user_features}
+
+
+def train(model, item_group: np.ndarray, steps: int, batch: int = 64, seed: int = 0):
+    """``steps`` Adam steps (lr 0.01) of ``compute_loss`` on :func:`cold_batch` batches; returns the model."""
+    from twotower.model.loss import compute_loss
+    from twotower.model.optim import build_optimizer
+
+    opt, rng = build_optimizer("adam", model, lr=1e-2), np.random.default_rng(seed)
+    for _ in range(steps):
+        loss = compute_loss(model, cold_batch(batch, rng, item_group, model.schema)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
 
 
 def _column(f: Feature, values) -> pa.Array:

@@ -6,12 +6,10 @@ import pytest
 import torch
 
 import feature_data as fd
-from twotower.model.batch import batch_columns, feature_column, to_numpy_batch, to_tensors
+from twotower.model.batch import batch_columns, feature_column, to_numpy_batch
 from twotower.model.checkpoint import load_checkpoint, save_checkpoint
 from twotower.model.config import ContextMode, ModelConfig
 from twotower.model.features import FeatureEncoder
-from twotower.model.loss import compute_loss
-from twotower.model.optim import build_optimizer
 from twotower.model.schema import Feature
 from twotower.model.twotower import TwoTowerModel
 
@@ -37,13 +35,7 @@ def world(seed: int = 0):
 
 
 def batch_of(n: int, rng, it, sch) -> dict[str, torch.Tensor]:
-    """n examples of fresh (cold, user_idx 0) users whose features are passed as overrides, empty histories:
-    only features can tell the planted group."""
-    cluster = rng.integers(0, 4, n)
-    users = fd.users(cluster, rng)
-    raw = {"user_idx": np.zeros(n), "history": np.zeros((n, sch.history_length)), **fd.examples(cluster, it["group"], rng)}
-    batch = to_tensors(raw, sch)
-    return batch | {f.name: torch.as_tensor(feature_column(f, users[f.name])) for f in sch.user_features}
+    return fd.cold_batch(n, rng, it["group"], sch)
 
 
 def test_numeric_is_standardised_with_the_features_mean_and_std_and_nan_is_zero():
@@ -131,12 +123,7 @@ def test_every_kind_trains_on_the_planted_problem(mode, one_thread):
         return (scores.topk(10, dim=1).indices == evaluation["item_idx"][:, None]).any(1).float().mean().item()
 
     before = recall()
-    opt, rng = build_optimizer("adam", model, lr=1e-2), np.random.default_rng(0)
-    for _ in range(150):
-        loss = compute_loss(model, batch_of(64, rng, it, sch)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fd.train(model, it["group"], steps=150)
     assert before < 0.4 and recall() >= 0.9, (before, recall())
 
 
