@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from twotower.data.splits import read_split_examples
 from twotower.data.tables import load_feature_tables
 from twotower.distributed.config import TrainConfig
 from twotower.model.optim import build_optimizer
-from twotower.model.batch import batch_columns, pad_lists, to_tensors
+from twotower.model.batch import as_tensors
 from twotower.model.loss import compute_loss
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
@@ -30,12 +29,12 @@ GIB = 1 << 30
 
 # ---------------------------------------------------------------------------------------------- the plain loop
 def load_split_tensors(dataset_dir: str | Path, split: str, schema: DatasetSchema) -> dict[str, torch.Tensor]:
-    """Every row of ``interactions/<split>`` as model input tensors in memory (ids (R,), history (R, N))."""
-    files = sorted((Path(dataset_dir) / "interactions" / split).glob("*.parquet"))
-    table = pa.concat_tables(pq.read_table(f, columns=batch_columns(schema)) for f in files)
-    cols = {c: pad_lists(table[c], schema.history_length) if c == "history" else table[c].to_numpy()
-            for c in table.column_names}
-    return to_tensors(cols, schema)
+    """Every example of ``split`` (cut from the sequences, ``cut_examples``) as model input tensors in memory:
+    ids and ``timestamp`` (R,), history (R, N), context (R,), ``weight`` (R,) for a weighted dataset."""
+    cols = read_split_examples(dataset_dir, split, schema, with_seen=False)
+    if cols is None:
+        raise ValueError(f"{dataset_dir}: the {split} split has no examples")
+    return as_tensors(cols)
 
 
 def build_model(dataset_dir: str | Path, cfg: TrainConfig) -> tuple[TwoTowerModel, DatasetSchema]:

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower.data.splits import read_split_examples
 from twotower.evaluation import iter_split_batches
 from twotower.model.schema import DatasetSchema
 
 CONTEXT = ["hour_sin", "hour_cos", "is_weekend"]        # + day-of-week one-hot
 
 
-def _interactions(ds: Path, split: str) -> pd.DataFrame:
-    files = sorted((ds / "interactions" / split).glob("*.parquet"))
-    return pd.concat([pd.read_parquet(f, columns=["user_idx", "item_idx", *CONTEXT, "day_of_week"]) for f in files],
-                     ignore_index=True)
+def _interactions(ds: Path, split: str, schema: DatasetSchema) -> pd.DataFrame:
+    """user_idx, item_idx and the context columns of every example of ``split`` (cut from the sequences)."""
+    ex = read_split_examples(ds, split, schema)
+    return pd.DataFrame({c: ex[c] for c in ["user_idx", "item_idx", *CONTEXT, "day_of_week"]})
 
 
 def _context(df: pd.DataFrame) -> pd.DataFrame:
@@ -78,7 +79,7 @@ def write_skrec_inputs(ds: Path, work: Path, *, negatives: int, seed: int, confi
     item_ids = items["item_id"].astype(str).to_numpy()
     n = schema.num_items
     rng = np.random.default_rng(seed)
-    train, valid = _interactions(ds, "train"), _interactions(ds, "valid")
+    train, valid = _interactions(ds, "train", schema), _interactions(ds, "valid", schema)
     train_codes = np.unique(train["user_idx"].to_numpy(np.int64) * n + train["item_idx"].to_numpy())
     seen_codes = np.union1d(train_codes, valid["user_idx"].to_numpy(np.int64) * n + valid["item_idx"].to_numpy())
     train_df = _with_negatives(train, negatives, n, train_codes, rng, user_ids, item_ids)

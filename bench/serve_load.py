@@ -81,11 +81,11 @@ def artifacts(args) -> tuple[Path, Path, Path]:
 
 def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
     """Default-architecture model, ``steps`` steps of in-batch softmax on the train split, saved to ``out``."""
-    import pyarrow.parquet as pq
     import torch
 
+    from twotower.data.splits import read_split_examples
     from twotower.data.tables import load_feature_tables
-    from twotower.model.batch import pad_lists, to_tensors
+    from twotower.model.batch import as_tensors
     from twotower.model.checkpoint import save_checkpoint
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss
@@ -96,13 +96,11 @@ def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
     schema = DatasetSchema.load(dataset)
     torch.manual_seed(0)
     model = TwoTowerModel(schema, ModelConfig(context_mode=mode), *load_feature_tables(dataset))
-    train = pq.read_table(dataset / "interactions" / "train")
-    cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
-    cols["history"] = pad_lists(train["history"], schema.history_length)
+    cols = read_split_examples(dataset, "train", schema)          # train examples cut from the sequences
     opt, rng = build_optimizer("adam", model, lr=1e-3), np.random.default_rng(0)
     for _ in range(steps):
-        rows = rng.integers(0, train.num_rows, 512)
-        loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss
+        rows = rng.integers(0, len(cols["item_idx"]), 512)
+        loss = compute_loss(model, as_tensors({k: v[rows] for k, v in cols.items()})).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

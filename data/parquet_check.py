@@ -10,7 +10,8 @@ A bad data page behind a valid footer is only found by decoding the pages:
 error path, to name the file behind a failed read.
 
 Column kinds: ``"integer"`` (any int type), ``"number"`` (int or float), ``"integer_list"``
-(list / large_list / fixed_size_list of int), ``"any"`` (present, any type).
+(list / large_list / fixed_size_list of int), ``"number_list"`` (a list of int or float),
+``"integer_list_list"`` (a list of lists of int), ``"any"`` (present, any type).
 """
 from __future__ import annotations
 
@@ -36,17 +37,47 @@ class BadParquetFile:
         return {"path": self.path, "reason": self.reason}
 
 
+_KIND_WORDS = {"number_list": "a list of numbers", "integer_list_list": "a list of integer lists"}
+
+
+def _is_list(dtype: pa.DataType) -> bool:
+    return pat.is_list(dtype) or pat.is_large_list(dtype) or pat.is_fixed_size_list(dtype)
+
+
 def _kind_ok(kind: str, dtype: pa.DataType) -> bool:
     if kind == "integer":
         return pat.is_integer(dtype)
     if kind == "number":
         return pat.is_integer(dtype) or pat.is_floating(dtype)
-    if kind == "integer_list":
-        return ((pat.is_list(dtype) or pat.is_large_list(dtype) or pat.is_fixed_size_list(dtype))
-                and pat.is_integer(dtype.value_type))
+    if kind in ("integer_list", "number_list", "integer_list_list"):
+        return _is_list(dtype) and _kind_ok(kind.rsplit("_", 1)[0], dtype.value_type)
     if kind == "any":
         return True
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def read_footer(path: str) -> tuple[pq.FileMetaData | None, str | None]:
+    """The footer of one parquet file (local path or URI): ``(metadata, None)``, or ``(None, reason)``
+    when it is not a readable parquet file (garbage, truncated, empty). Reads only the footer."""
+    try:
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as f:
+            return pq.ParquetFile(f).metadata, None
+    except (OSError, pa.ArrowException) as e:
+        return None, f"not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def column_problem(schema: pa.Schema, required: Mapping[str, str]) -> str | None:
+    """The first required column (name -> kind, see the module docstring) that ``schema`` lacks or
+    holds with another type, as a one-line reason; None when all are there."""
+    for name, kind in required.items():
+        idx = schema.get_field_index(name)
+        if idx < 0:
+            return f"missing column {name!r} (has {', '.join(schema.names) or 'no columns'})"
+        dtype = schema.field(idx).type
+        if not _kind_ok(kind, dtype):
+            return f"column {name!r} has type {dtype}, expected {_KIND_WORDS.get(kind, kind.replace('_', ' '))}"
+    return None
 
 
 def check_parquet_file(path: str, required: Mapping[str, str]) -> tuple[int, str | None]:
@@ -55,21 +86,11 @@ def check_parquet_file(path: str, required: Mapping[str, str]) -> tuple[int, str
 
     ``required`` maps column name -> kind (see the module docstring). Reads only the footer.
     """
-    try:
-        fs, inner = storage.resolve(path)
-        with fs.open_input_file(inner) as f:
-            meta = pq.ParquetFile(f).metadata
-            schema = meta.schema.to_arrow_schema()
-    except (OSError, pa.ArrowException) as e:
-        return 0, f"not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    for name, kind in required.items():
-        idx = schema.get_field_index(name)
-        if idx < 0:
-            return 0, f"missing column {name!r} (has {', '.join(schema.names) or 'no columns'})"
-        dtype = schema.field(idx).type
-        if not _kind_ok(kind, dtype):
-            return 0, f"column {name!r} has type {dtype}, expected {kind.replace('_', ' ')}"
-    return meta.num_rows, None
+    meta, reason = read_footer(path)
+    if meta is None:
+        return 0, reason
+    reason = column_problem(meta.schema.to_arrow_schema(), required)
+    return (0, reason) if reason else (meta.num_rows, None)
 
 
 def check_parquet_files(paths: Iterable[str], required: Mapping[str, str]

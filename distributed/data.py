@@ -1,48 +1,55 @@
-"""Ray Data ingest for training: streaming parquet readers, per-worker shards, batch iterators.
+"""Ray Data ingest for training: streaming sequence readers, examples cut in the pipeline, per-worker
+shards, batch iterators.
 
-Pipeline per split (``read_split``)::
+Pipeline per split (``read_split``); train and valid read the same files (``DATASET/sequences``,
+format in :mod:`twotower.data.sequences`)::
 
-    read_parquet(DATASET/interactions/<split>/*.parquet) # local paths or URIs; V1 datasource, see below
-      .select_columns(batch_columns(schema) [+ seen_items])
-      .map_batches(preprocess_batch)                      # numpy: history -> (B, N) int64, ids int64,
-                                                          # numeric context float32 (Ray Data tasks,
-                                                          # not the training workers)
-      [.repartition(target_num_rows_per_block=R)]         # eval splits only: small blocks (streaming)
+    read_parquet(DATASET/sequences/part-*.parquet,      # local paths or URIs; V1 datasource, see below
+                 columns=example_columns(schema [, with_seen]))
+      .map_batches(cut_chunks, split code)               # pyarrow sequence rows -> the split's examples in
+                                                         # model dtypes (ids int64 (B,), history (B, N)
+                                                         # int64, context, weight, seen_items for valid);
+                                                         # Ray Data tasks, not the training workers
+      [.repartition(target_num_rows_per_block=R)]        # eval splits only: small blocks (streaming)
 
 Sharding (``TwoTowerDataConfig``): every dataset is ``streaming_split`` across the training workers.
-``train`` uses ``equal=True`` (every worker sees exactly the same number of rows; with
+``train`` uses ``equal=True`` (every worker sees exactly the same number of examples; with
 ``drop_last=True`` batches every worker then takes the same number of steps, which DDP needs: a
 worker with one step more would wait forever in an all-reduce). Ray 2.60's default ``DataConfig``
 also splits with ``equal=True``; we subclass it only so that evaluation splits use ``equal=False``
-(no row is dropped, metrics stay exact; validation has no per-batch collectives, so unequal shards
-are fine). Each worker streams its shard: no worker ever holds the whole dataset.
+(no example is dropped, metrics stay exact; validation has no per-batch collectives, so unequal
+shards are fine). Each worker streams its shard: no worker ever holds the whole dataset.
 
 Shuffling (train only): the order of the parquet *files* is reshuffled at every epoch
-(``FileShuffleConfig(seed, reseed_after_execution=True)``) and rows are mixed in a per-worker
-local shuffle buffer of ``shuffle_buffer_rows(batch_size)`` rows (``iter_torch_batches(
+(``FileShuffleConfig(seed, reseed_after_execution=True)``) and examples are mixed in a per-worker
+local shuffle buffer of ``shuffle_buffer_rows(batch_size)`` examples (``iter_torch_batches(
 local_shuffle_buffer_size=..., local_shuffle_seed=seed + epoch + rank)``). This is not a global
-shuffle; prepared files hold users in index order, so the buffer mixes many users per batch, which
-is what in-batch negatives need. A full ``random_shuffle()`` would materialise the dataset.
+shuffle: one sequence row becomes all the train examples of one user, consecutive, and prepared
+files hold users in index order, so the buffer mixes (buffer size / examples per user) users per
+batch (ML-1M: ~60 users of ~165 examples each in 10k), which is what in-batch negatives need. A full
+``random_shuffle()`` would materialise the dataset.
 
 After a worker failure Ray Train rebuilds the dataset shards from the datasets given to the
 trainer, so the per-execution file-order seed starts again at execution 0: in a run resumed after
 epoch k, epoch k + j reads the files in the order of epoch j of an undisturbed run. Every file is
 still read once per epoch; the local shuffle seed uses the absolute epoch and is unaffected. (Block
-assignment by ``streaming_split`` is dynamic, so rows per worker differ between runs anyway.)
+assignment by ``streaming_split`` is dynamic, so examples per worker differ between runs anyway.)
 
 Input checks (``twotower.data.splits.check_splits``, run by the driver): before anything starts,
-every parquet footer of a split is read and its columns are checked against the schema
-(``split_required_columns``); a bad file raises
-``DataFormatError`` naming it, or is left out when ``skip_bad_files`` is set.
+every sequence file's footer is read, its columns are checked against the schema
+(``sequence_required_columns``) and its ``twotower.events`` metadata gives the examples per split;
+a bad file raises ``DataFormatError`` naming it, or is left out (of every split) when
+``skip_bad_files`` is set.
 
 Why the V1 parquet datasource: Ray 2.60 defaults to ``use_datasource_v2``, whose per-execution
 footer-reader pool added ~10 s to every epoch start on a 2-core machine (V1: ~0.4 s). ``read_split``
 switches it off only around its own ``read_parquet`` call.
 
-Block sizes: train blocks are one parquet file each (~250k rows, ~110 MiB after preprocessing with
-history_length=50; below Ray Data's 128 MiB ``target_max_block_size``). Evaluation splits are cut
-into blocks of ``EVAL_ROWS_PER_BLOCK`` rows so that ``streaming_split(equal=False)`` can balance a
-split stored as a single file across workers.
+Block sizes: ``cut_chunks`` cuts at most ``CUT_ENTRIES`` (131,072) sequence entries at a time, so one
+output batch holds at most that many examples (~55 MiB with history_length=50); Ray Data packs them
+into blocks below its 128 MiB ``target_max_block_size``. Evaluation splits (one example per user for
+leave-last-out) are cut into blocks of ``EVAL_ROWS_PER_BLOCK`` examples so that
+``streaming_split(equal=False)`` can balance a dataset stored as a single file across workers.
 """
 from __future__ import annotations
 
@@ -59,8 +66,9 @@ import torch
 
 from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import find_unreadable_file
-from twotower.data.splits import SEEN_COLUMN, split_files, split_required_columns
-from twotower.model.batch import as_tensors, batch_columns, to_numpy_batch
+from twotower.data.sequences import SEEN_COLUMN, example_columns
+from twotower.data.splits import cut_chunks, sequence_files, sequence_required_columns, split_code
+from twotower.model.batch import as_tensors
 from twotower.model.metrics import EVAL_BATCH_SIZE
 from twotower.model.schema import DatasetSchema
 
@@ -70,9 +78,10 @@ EVAL_ROWS_PER_BLOCK = 256
 def raise_for_unreadable_input(error: BaseException, files: dict[str, list[str]], schema: DatasetSchema) -> None:
     """Explain a failed fit: when an I/O or Arrow error is among ``error``, its causes and its
     ``worker_failures`` (Ray Train's ``WorkerGroupError``), raise DataFormatError naming the first
-    file of ``files`` (per split) whose data pages do not decode, chained to ``error``; else return.
+    file of ``files`` (per split; a file read by several splits is checked once) whose data pages do
+    not decode, chained to ``error``; else return.
 
-    Reads the split files (``find_unreadable_file``), so call it on the error path only.
+    Reads the sequence files (``find_unreadable_file``), so call it on the error path only.
     """
     pending, seen, io_error = [error], set(), False
     while pending and not io_error:
@@ -86,56 +95,50 @@ def raise_for_unreadable_input(error: BaseException, files: dict[str, list[str]]
                     *(getattr(e, "worker_failures", None) or {}).values()]
     if not io_error:
         return
-    for split, paths in files.items():
-        bad = find_unreadable_file(paths, list(split_required_columns(schema, split)))
-        if bad is not None:
-            raise DataFormatError(bad.path, f"{bad.reason}; the {split} split cannot be read, training "
-                                            f"failed with {type(error).__name__}") from error
+    paths = list(dict.fromkeys(p for split_paths in files.values() for p in split_paths))
+    bad = find_unreadable_file(paths, list(sequence_required_columns(schema)))
+    if bad is not None:
+        readers = "/".join(s for s, split_paths in files.items() if bad.path in split_paths)
+        raise DataFormatError(bad.path, f"{bad.reason}; the {readers} split(s) cannot be read, training "
+                                        f"failed with {type(error).__name__}") from error
 
 
 def shuffle_buffer_rows(batch_size: int) -> int:
-    """Rows held in each worker's local shuffle buffer: 8 batches, at least 10k rows (~5 MB at N=50)."""
+    """Examples held in each worker's local shuffle buffer: 8 batches, at least 10k (~5 MB at N=50)."""
     return max(8 * batch_size, 10_000)
-
-
-def preprocess_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> dict[str, np.ndarray]:
-    """Numpy batch from parquet -> model dtypes (``to_numpy_batch``); ``seen_items`` passes through.
-
-    Output: ``user_idx``/``item_idx`` (B,) int64, ``history`` (B, N) int64, context columns (B,)
-    float32/int64, and for eval splits ``seen_items``: (B,) object array of int arrays (ragged).
-    """
-    out = to_numpy_batch(batch, schema)
-    if SEEN_COLUMN in batch:
-        out[SEEN_COLUMN] = batch[SEEN_COLUMN]
-    return out
 
 
 def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, with_seen: bool = False,
                shuffle_seed: int | None = None, rows_per_block: int | None = None,
                files: list[str] | None = None) -> "ray.data.Dataset":
-    """Lazy Ray Dataset over one split, preprocessed to model dtypes (see the module docstring).
+    """Lazy Ray Dataset of one split's examples, cut from the sequence files (see the module docstring).
+
+    Columns: ``user_idx``/``item_idx``/``timestamp`` int64 (B,), ``history`` int64 (B, N), every context
+    feature, ``weight`` float32 when ``schema.weighted``, and with ``with_seen`` ``seen_items`` (ragged
+    int64 arrays: the user's items of the earlier splits, excluded at ranking).
 
     Args:
-        with_seen: also read ``seen_items`` (valid/test only; needed to exclude seen items in ranking).
+        split: ``train``, ``valid`` or ``test``. with_seen: also cut ``seen_items`` (valid/test).
         shuffle_seed: if not None, reshuffle the file order every execution (epoch) from this seed.
-        rows_per_block: if set, stream-repartition into blocks of at most this many rows.
-        files: read only these parquet files of the split (default: all; see ``check_splits``).
+        rows_per_block: if set, stream-repartition into blocks of at most this many examples.
+        files: read only these sequence files (default: all; see ``check_splits``).
 
     Raises:
-        FileNotFoundError: the split has no parquet files.
+        FileNotFoundError: the dataset has no sequence files. ValueError: an unknown split.
     """
-    columns = batch_columns(schema) + ([SEEN_COLUMN] if with_seen else [])
+    code = split_code(split)
     ctx = ray.data.DataContext.get_current()
     previous = ctx.use_datasource_v2
     ctx.use_datasource_v2 = False
     try:
         shuffle = None if shuffle_seed is None else ray.data.FileShuffleConfig(
             seed=shuffle_seed, reseed_after_execution=True)
-        ds = ray.data.read_parquet(list(files or split_files(dataset_dir, split)), shuffle=shuffle)
+        ds = ray.data.read_parquet(list(files or sequence_files(dataset_dir)), shuffle=shuffle,
+                                   columns=example_columns(schema, with_seen))
     finally:
         ctx.use_datasource_v2 = previous
-    ds = ds.select_columns(columns).map_batches(preprocess_batch, fn_kwargs={"schema": schema},
-                                                batch_format="numpy")
+    ds = ds.map_batches(cut_chunks, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                        fn_kwargs={"code": code, "schema": schema, "with_seen": with_seen})
     if rows_per_block is not None:
         ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     ds.context.enable_progress_bars = False
@@ -147,7 +150,7 @@ def build_datasets(dataset_dir: str | Path, schema: DatasetSchema, seed: int = 0
                    files: Mapping[str, list[str]] | None = None) -> dict[str, "ray.data.Dataset"]:
     """``{"train": ..., "valid": ...}`` for ``TorchTrainer(datasets=...)``; train reshuffles files per epoch.
 
-    ``files``: the parquet files to read per split (``check_splits``); default all of them.
+    ``files``: the sequence files to read per split (``check_splits``); default all of them.
     """
     files = files or {}
     return {
@@ -190,10 +193,12 @@ class TwoTowerDataConfig(ray.train.DataConfig):
 
 def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: int,
                        device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's training batches for one epoch: dicts of (B,) / (B, N) tensors on ``device``.
+    """This worker's training batches for one epoch: dicts of tensors on ``device``: ``user_idx``,
+    ``item_idx``, ``timestamp`` int64 (B,), ``history`` int64 (B, N), every context feature, and ``weight``
+    float32 (B,) for a weighted dataset.
 
     ``drop_last=True``: only full batches, so with ``equal=True`` shards every worker takes the same
-    number of steps. Rows are mixed in a local shuffle buffer seeded by (seed, epoch, rank).
+    number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, epoch, rank).
     """
     return shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, device=device,
@@ -205,7 +210,7 @@ def iter_eval_batches(shard, batch_size: int = EVAL_BATCH_SIZE, device: torch.de
                       ) -> Iterator[tuple[dict[str, torch.Tensor], list[np.ndarray]]]:
     """This worker's evaluation batches: (model input tensors, ``seen_items`` as B int64 arrays).
 
-    The rows come converted by the pipeline's ``preprocess_batch``; they are only made tensors here."""
+    The examples come cut in model dtypes by the pipeline (``cut_chunks``); they are only made tensors here."""
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
         seen = [np.asarray(s, dtype=np.int64) for s in batch.pop(SEEN_COLUMN)]
         yield as_tensors(batch, device), seen

@@ -1,8 +1,8 @@
 """A training run resolved once, on the driver: :func:`resolve_run` -> :class:`ResolvedRun`.
 
 Everything a worker needs besides the data shards is decided here, before Ray starts: the validated
-config, the dataset's schema, the train/valid files that passed the footer and column checks (and
-the ones ``skip_bad_files`` left out), steps per epoch, the run directory, and the ``resume_from``
+config, the dataset's schema, the sequence files that passed the footer and column checks (and
+the ones ``skip_bad_files`` left out), train/valid examples per the files' footers, steps per epoch, the run directory, and the ``resume_from``
 checkpoint's ``checkpoint.json`` with its compatibility checks done. The frozen result is the only
 thing the driver hands to the Ray Train workers (``train_loop_config={"run": run, ...}``), so a
 worker reads no ``schema.json`` and validates no config of its own.
@@ -29,7 +29,9 @@ class ResolvedRun:
     Attributes:
         config: the validated TrainConfig (``resume_from`` made absolute).
         dataset_dir: absolute local path or URI of the prepared dataset. schema: its ``schema.json``.
-        files: parquet files per split (``"train"``, ``"valid"``) to read. rows: rows per split.
+        files: sequence files per split (``"train"``, ``"valid"``) to read: the same files for both
+            (every split is cut from them). rows: examples (= interactions) per split, from the files'
+            ``twotower.events`` footers.
         skipped: files left out by ``skip_bad_files`` (empty otherwise).
         steps_per_epoch: optimizer steps per worker and epoch (``drop_last`` batches, capped by
             ``max_steps_per_epoch``).
@@ -57,8 +59,8 @@ def resolve_run(config: TrainConfig, dataset_dir: str | Path) -> ResolvedRun:
     Raises:
         ConfigError: batch larger than a worker's train rows, an incompatible or finished
             ``resume_from``, or a ``run_name`` whose directory holds a finished run.
-        SchemaError / FileNotFoundError: not a prepared dataset. DataFormatError: a bad train/valid
-            parquet file (unless ``skip_bad_files``); names the file.
+        SchemaError / FileNotFoundError: not a prepared dataset. DataFormatError: a bad sequence file
+            (unless ``skip_bad_files``); names the file.
     """
     dataset_dir = storage.normalize(dataset_dir)
     if config.resume_from:      # workers run in the run directory: make the path absolute here

@@ -6,51 +6,39 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from twotower import storage
-from twotower.data.splits import SEEN_COLUMN, split_files
+from twotower.data.sequences import SEEN_COLUMN
+from twotower.data.splits import iter_split_examples
 from twotower.data.tables import load_feature_tables
 from twotower.index.recall import ann_rank_scores, index_recall
 from twotower.index.sharded import ShardedIndex
-from twotower.model.batch import as_tensors, batch_columns, to_numpy_batch
+from twotower.model.batch import as_tensors
 from twotower.model.checkpoint import check_dataset, load_checkpoint, read_checkpoint
 from twotower.model.config import ContextMode
 from twotower.model.metrics import RankingAccumulator, eval_batch_size, popularity_scores
 from twotower.model.schema import DatasetSchema
 
 
-def _list_rows(column: pa.Array) -> list[np.ndarray]:
-    """list<int> arrow column -> one int64 array per row (empty array for null)."""
-    offsets = column.offsets.to_numpy()
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    base = offsets[0]
-    return [values[offsets[i] - base:offsets[i + 1] - base] for i in range(len(column))]
-
-
 def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int = 1024
                        ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-    """Stream a split's parquet files (local or URI; pyarrow ``iter_batches``): (numpy columns, seen item arrays).
+    """Stream the examples of a valid/test split (local or URI; pyarrow ``iter_batches`` over the sequence
+    files, only the columns ``cut_examples`` reads): (model columns, seen item arrays) per batch.
 
-    Only ``batch_columns(schema)`` and ``seen_items`` are read, converted once by ``to_numpy_batch``
-    (ids int64 (B,), ``history`` (B, N) int64, context float32/int64 (B,)).
-    Raises FileNotFoundError when the split has no parquet files, KeyError when ``seen_items`` is missing.
+    Examples come in file and row order, in batches of ``batch_size`` (the last one shorter), cut by
+    :func:`~twotower.data.sequences.cut_examples`: ids and ``timestamp`` int64 (B,), ``history`` (B, N)
+    int64, context float32/int64, ``weight`` for a weighted dataset; the seen arrays are int64, the
+    user's items of the earlier splits (excluded at ranking).
+
+    Raises:
+        ValueError: ``split`` is not ``valid`` or ``test``. FileNotFoundError: no sequence file.
+        DataFormatError: a sequence file lacks a column (named).
     """
-    columns = batch_columns(schema) + [SEEN_COLUMN]
-    for path in split_files(dataset_dir, split):
-        fs, inner = storage.resolve(path)
-        pf = pq.ParquetFile(inner, filesystem=fs)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise KeyError(f"{path}: missing columns {missing} (evaluation needs a valid/test split)")
-        for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
-            cols = {name: rb.column(name) for name in rb.schema.names}
-            seen = _list_rows(cols.pop(SEEN_COLUMN))
-            raw = {name: col if name == "history" else col.to_numpy(zero_copy_only=False)
-                   for name, col in cols.items()}
-            yield to_numpy_batch(raw, schema), seen
+    if split not in ("valid", "test"):
+        raise ValueError(f"evaluation ranks a valid or test split, got {split!r}")
+    for batch in iter_split_examples(dataset_dir, split, schema, batch_size, with_seen=True):
+        seen = [np.asarray(s, np.int64) for s in batch.pop(SEEN_COLUMN)]
+        yield batch, seen
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """Per-user state for serving: raw id -> index, latest history, seen items, cold-start features.
 
-Built once from a prepared dataset (``model/schema.py`` layout): the interactions of every split are
-ordered by (user, timestamp, split, row) exactly as ``twotower prepare`` orders them, so a user's
-history here is the ``history`` the model would see for a next interaction after the last one:
+Built once from a prepared dataset's sequences (``model/schema.py`` layout): each user's own sequence
+entries, every split, in the order ``twotower prepare`` stored them (timestamp, then raw row order), so
+a user's history here is the ``history`` the model would see for a next interaction after the last one:
 
 * ``history(u)``: the N = ``history_length`` most recent items of user u over all splits, most
   recent first, right-padded with 0 (:func:`twotower.model.batch.pad_lists`) -> int64 (N,);
@@ -18,9 +18,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower import storage
+from twotower.data.splits import sequence_files
 from twotower.data.vocab import read_vocab
 from twotower.model.batch import pad_lists
 from twotower.model.schema import OOV_INDEX, DatasetSchema, Feature
@@ -28,7 +30,6 @@ from twotower.model.schema import OOV_INDEX, DatasetSchema, Feature
 from . import values
 from .schema import RAW_ID_SCHEMA, RequestError, json_int, raw_id
 
-SPLITS = ("train", "valid", "test")
 MAX_ENUM = 64          # vocabularies up to this size are listed in the published schema
 
 
@@ -101,6 +102,25 @@ def user_feature_json_schema(feature: Feature, vocab: dict[str, int] | None) -> 
     return _index_schema(feature, vocab)
 
 
+def _items_most_recent_first(root: str, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64 (num_users + 1,), items int32 (interactions,)) of every user's own sequence
+    entries (each interaction once: a window's ``prefix`` entries are skipped), most recent first."""
+    fs, _ = storage.resolve(root)
+    t = pq.read_table([storage.resolve(f)[1] for f in sequence_files(root)], filesystem=fs,
+                      columns=["user_idx", "start", "prefix", "item_idx"])
+    lists = t["item_idx"].combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(row_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)   # position in its row
+    own = pos >= t["prefix"].to_numpy().astype(np.int64)[row_of]
+    user = t["user_idx"].to_numpy().astype(np.int64)[row_of][own]
+    seq_pos = (t["start"].to_numpy().astype(np.int64)[row_of] + pos)[own]            # position in the user's sequence
+    items = pc.list_flatten(lists).to_numpy().astype(np.int32)[own]
+    order = np.lexsort((-seq_pos, user))                                             # user asc, most recent first
+    counts = np.bincount(user, minlength=num_users)[:num_users]
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items[order]
+
+
 class UserState:
     """Histories, seen items and vocabularies of a prepared dataset's users (see the module docstring).
 
@@ -120,37 +140,19 @@ class UserState:
 
     @classmethod
     def load(cls, dataset_dir: str | Path, schema: DatasetSchema | None = None) -> "UserState":
-        """Read ``vocab/users.parquet``, the user feature vocabularies and ``interactions/*/``.
+        """Read ``vocab/users.parquet``, the user feature vocabularies and ``sequences/``.
 
         Raises:
-            FileNotFoundError: the dataset has no ``vocab/users.parquet``.
+            FileNotFoundError: the dataset has no ``vocab/users.parquet`` or no sequence file.
         """
         root = storage.normalize(dataset_dir)
         schema = schema or DatasetSchema.load(root)
         vocab = read_vocab(root, "users")
         if vocab is None:
             raise FileNotFoundError(f"{storage.join(root, 'vocab', 'users.parquet')}: missing (not a prepared dataset?)")
-        users, items, ts, split = [], [], [], []
-        fs, _ = storage.resolve(root)
-        for code, name in enumerate(SPLITS):
-            files = storage.files_with_suffix(storage.join(root, "interactions", name), ".parquet")
-            if not files:
-                continue
-            t = pq.read_table([storage.resolve(f)[1] for f in files], filesystem=fs,
-                              columns=["user_idx", "item_idx", "timestamp"])
-            users.append(t["user_idx"].to_numpy()), items.append(t["item_idx"].to_numpy())
-            ts.append(t["timestamp"].to_numpy()), split.append(np.full(t.num_rows, code, np.int8))
-        u = np.concatenate(users) if users else np.zeros(0, np.int32)
-        i = np.concatenate(items) if items else np.zeros(0, np.int32)
-        t = np.concatenate(ts) if ts else np.zeros(0, np.int64)
-        s = np.concatenate(split) if split else np.zeros(0, np.int8)
-        # (user asc, timestamp desc, split desc, row desc): reverse of prepare's (user, ts, row) order
-        row = np.arange(len(u))
-        order = np.lexsort((-row, -s.astype(np.int64), -t.astype(np.int64), u))
-        counts = np.bincount(u, minlength=schema.num_users)[:schema.num_users]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        offsets, items = _items_most_recent_first(root, schema.num_users)
         fvocabs = {f.name: read_vocab(root, f.name) for f in schema.user_features if f.kind == "categorical"}
-        return cls(schema, vocab, offsets, i[order], fvocabs)
+        return cls(schema, vocab, offsets, items, fvocabs)
 
     def lookup(self, user_id: str) -> int:
         """Index of raw ``user_id``; 0 (unknown) when it is not in the vocabulary."""

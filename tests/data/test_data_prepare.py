@@ -11,7 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from twotower.data.prepare import prepare_movielens
+from twotower.data.sequences import read_events_metadata, sequence_schema
+from twotower.data.splits import read_split_examples
 from twotower.data.tables import load_feature_tables
+from twotower.data.vocab import read_vocab
 from twotower.model.schema import DatasetSchema
 
 DATA = Path(os.environ.get("TWOTOWER_DATA_DIR",
@@ -21,7 +24,10 @@ needs_ml100k = pytest.mark.skipif(not ML100K.is_dir(), reason=f"{ML100K} not ava
 
 
 def read_split(root: Path, split: str) -> pd.DataFrame:
-    return pq.read_table(root / "interactions" / split).to_pandas()
+    """The examples of ``split`` cut from the sequences (``cut_examples``), one row per interaction in
+    stored order; ``history`` (and ``seen_items`` for valid/test) as arrays."""
+    ex = read_split_examples(root, split, DatasetSchema.load(root), with_seen=split != "train")
+    return pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in (ex or {}).items()})
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +99,10 @@ def test_ml100k_counts_and_layout(ml100k):
                                                        "zip_prefix"]
     assert [f.name for f in schema.context_features] == ["hour_sin", "hour_cos", "day_of_week",
                                                           "is_weekend"]
-    for split in ("train", "valid", "test"):
-        f = pq.ParquetFile(ml100k / "interactions" / split / "part-00000.parquet")
-        assert f.schema_arrow.field("history").type.value_type.bit_width == 32
-        assert ("seen_items" in f.schema_arrow.names) == (split != "train")
+    f = pq.ParquetFile(ml100k / "sequences" / "part-00000.parquet")      # every interaction once, per user
+    assert f.schema_arrow.field("item_idx").type.value_type.bit_width == 32
+    assert f.schema_arrow.names == sequence_schema(schema).names and f.metadata.num_rows == 943
+    assert read_events_metadata(f.schema_arrow.metadata) == stats["rows"]
     users, items = load_feature_tables(ml100k)
     assert users["gender"].shape == (944,) and users["gender"].dtype == np.int64
     assert items["genres"].shape == (1683, 6) and items["title_tokens"].shape == (1683, 16)
@@ -121,20 +127,19 @@ def test_ml100k_history_matches_independent_computation(ml100k):
             h = seq[max(0, p - 50):p][::-1]
             expected[u * 10_000 + item] = h + [0] * (50 - len(h))
     n_rows = 0
+    schema = DatasetSchema.load(ml100k)
     for split in ("train", "valid", "test"):
-        t = pq.read_table(ml100k / "interactions" / split)
-        keys = t["user_idx"].to_numpy() * 10_000 + t["item_idx"].to_numpy()  # index == id here
-        hist = t["history"].combine_chunks().flatten().to_numpy().reshape(-1, 50)
+        t = read_split_examples(ml100k, split, schema, with_seen=split != "train")
+        keys = t["user_idx"] * 10_000 + t["item_idx"]                          # index == id here
         want = np.array([expected[k] for k in keys])
-        assert np.array_equal(hist, want)
+        assert t["history"].shape == (len(keys), 50) and np.array_equal(t["history"], want)
         n_rows += len(keys)
         if split != "train":
             # leave-last-out: the user's other items, minus the test item for valid rows
             test_item = dict(zip(*(read_split(ml100k, "test")[c] for c in ("user_idx", "item_idx"))))
-            for u, i, s in zip(t["user_idx"].to_pylist(), t["item_idx"].to_pylist(),
-                               t["seen_items"].to_pylist()):
+            for u, i, s in zip(t["user_idx"].tolist(), t["item_idx"].tolist(), t["seen_items"]):
                 drop = {i} if split == "test" else {i, test_item[u]}
-                assert s == sorted(set(by_user[u]) - drop)
+                assert s.tolist() == sorted(set(by_user[u]) - drop)
     assert n_rows == 100_000
 
 
@@ -158,7 +163,10 @@ def test_temporal_split_and_min_rating(tmp_path):
     assert sum(stats["rows"].values()) == 55_375 == (raw.r >= 4).sum()
     assert stats["users"] == raw.loc[raw.r >= 4, "u"].nunique()
     assert stats["items"] == 1682  # the catalogue is the item file
-    assert read_split(out2, "train")["rating"].min() >= 4
+    raw_user = {i: int(r) for r, i in read_vocab(out2, "users").items()}
+    kept = pd.concat([read_split(out2, s) for s in ("train", "valid", "test")])   # exactly the ratings >= 4
+    got = sorted(zip(kept["user_idx"].map(raw_user), kept["item_idx"], kept["timestamp"]))
+    assert got == sorted(zip(*(raw.loc[raw.r >= 4, c] for c in ("u", "i", "t"))))
 
 
 def test_atomic_write_failure_and_overwrite(tmp_path, monkeypatch):

@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from twotower.data.synthetic import prepare_synthetic
+from test_data_prepare import read_split
+from twotower.data.sequences import read_events_metadata
+from twotower.data.synthetic import BLOCK_USERS, prepare_synthetic
 from twotower.data.tables import load_feature_tables
 from twotower.model.schema import DatasetSchema
 
@@ -23,16 +26,16 @@ def syn(tmp_path_factory) -> Path:
     return out
 
 
-def table(root: Path, split: str) -> pa.Table:
-    return pq.read_table(root / "interactions" / split)
+def table(root: Path, split: str) -> pd.DataFrame:
+    """The examples of ``split`` (cut from the sequences), one row per interaction."""
+    return read_split(root, split)
 
 
 def test_layout_and_counts(syn):
     for name in ("schema.json", "stats.json", "users.parquet", "items.parquet",
                  "vocab/users.parquet", "vocab/items.parquet", "vocab/segment.parquet",
                  "vocab/category.parquet", "vocab/genres.parquet", "synthetic_truth_users.parquet",
-                 "synthetic_truth_items.parquet", "interactions/train/part-00000.parquet",
-                 "interactions/valid/part-00000.parquet", "interactions/test/part-00000.parquet"):
+                 "synthetic_truth_items.parquet", "sequences/part-00000.parquet"):
         assert (syn / name).is_file(), name
     schema = DatasetSchema.load(syn)
     assert (schema.num_users, schema.num_items, schema.history_length) == (USERS + 1, ITEMS + 1, 20)
@@ -52,7 +55,7 @@ def test_layout_and_counts(syn):
 def test_planted_structure_is_measurable(syn):
     tu = pq.read_table(syn / "synthetic_truth_users.parquet")["cluster"].to_numpy()
     ti = pq.read_table(syn / "synthetic_truth_items.parquet").to_pandas()
-    train = table(syn, "train").to_pandas()
+    train = table(syn, "train")
     same = ti["cluster"].to_numpy()[train["item_idx"]] == tu[train["user_idx"]]
     n = np.bincount(train["user_idx"])
     per_user = (np.bincount(train["user_idx"], weights=same) / np.maximum(n, 1))[n > 0]
@@ -70,15 +73,15 @@ def test_planted_structure_is_measurable(syn):
 
 
 def test_sequences_history_and_seen(syn):
-    train = table(syn, "train").to_pandas()
+    train = table(syn, "train")
     assert (train.groupby("user_idx")["timestamp"].diff().dropna() > 0).all()
     hist = np.stack(train["history"].to_numpy())
     same_user = train["user_idx"].to_numpy()[1:] == train["user_idx"].to_numpy()[:-1]
     assert np.array_equal(hist[1:, 0][same_user], train["item_idx"].to_numpy()[:-1][same_user])
     assert (hist[1:, 0][~same_user] == 0).all() and hist[0, 0] == 0
-    test = table(syn, "test").to_pandas()
+    test = table(syn, "test")
     items_by_user = train.groupby("user_idx")["item_idx"].apply(set)
-    valid = table(syn, "valid").to_pandas().set_index("user_idx")["item_idx"]
+    valid = table(syn, "valid").set_index("user_idx")["item_idx"]
     for u, s in zip(test["user_idx"][:100], test["seen_items"][:100]):
         assert set(s) == items_by_user[u] | {valid[u]}
 
@@ -88,12 +91,14 @@ def test_streaming_chunk_size_does_not_change_data(syn, tmp_path):
     stats = prepare_synthetic(out, USERS, ITEMS, N, seed=3, history_length=20, chunk_users=1,
                               rows_per_file=7_000)
     assert stats["rows"] == json.loads((syn / "stats.json").read_text())["rows"]
-    files = sorted((out / "interactions" / "train").iterdir())
-    sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    assert len(files) == -(-stats["rows"]["train"] // 7_000)
-    assert all(s == 7_000 for s in sizes[:-1]) and sum(sizes) == stats["rows"]["train"]
+    files = sorted((out / "sequences").iterdir())                # one file per chunk: one block of users here
+    events = [read_events_metadata(pq.read_schema(f).metadata) for f in files]
+    assert len(files) == -(-USERS // BLOCK_USERS) > 1
+    assert {s: sum(e[s] for e in events) for s in events[0]} == stats["rows"]
+    one = pq.read_table(syn / "sequences")
+    assert pa.concat_tables(pq.read_table(f) for f in files).equals(one)     # same rows, split over files
     for split in ("train", "valid", "test"):
-        assert table(out, split).equals(table(syn, split))
+        pd.testing.assert_frame_equal(table(out, split), table(syn, split))
     a, b = load_feature_tables(out), load_feature_tables(syn)
     assert all(np.array_equal(a[1][k], b[1][k]) for k in b[1])
 

@@ -18,7 +18,7 @@ from twotower.model.schema import DatasetSchema
 
 
 def _assert_same_dataset(uri: str, local) -> None:
-    """Same files, same schema, equal feature tables and equal split tables."""
+    """Same files, same schema, equal feature tables and equal sequence tables (with their footers)."""
     local_files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     assert storage.list_files(uri) == local_files
     assert DatasetSchema.load(uri) == DatasetSchema.load(local)
@@ -27,17 +27,18 @@ def _assert_same_dataset(uri: str, local) -> None:
         for name in local_table:
             np.testing.assert_array_equal(remote_table[name], local_table[name], err_msg=name)
     fs, _ = storage.resolve(uri)
-    for rel in (f for f in local_files if f.startswith("interactions/")):
-        assert pq.read_table(storage.resolve(f"{uri}/{rel}")[1], filesystem=fs).equals(pq.read_table(local / rel)), rel
+    for rel in (f for f in local_files if f.startswith("sequences/")):
+        remote = pq.read_table(storage.resolve(f"{uri}/{rel}")[1], filesystem=fs)
+        assert remote.equals(pq.read_table(local / rel), check_metadata=True), rel
 
 
 def test_synthetic_prepared_to_s3_equals_local(s3_store, tmp_path):
-    args = dict(users=300, items=80, interactions=5000, seed=3, history_length=8, rows_per_file=1500)
+    args = dict(users=1100, items=80, interactions=5000, seed=3, history_length=8, chunk_users=1)   # 2 files
     uri = f"{s3_store}/prepare/synthetic"
     prepare_synthetic(uri, **args)
     prepare_synthetic(tmp_path / "synthetic", **args)
     _assert_same_dataset(uri, tmp_path / "synthetic")
-    assert len(storage.files_with_suffix(f"{uri}/interactions/train", ".parquet")) > 1
+    assert len(storage.files_with_suffix(f"{uri}/sequences", ".parquet")) == 2
     with pytest.raises(FileExistsError, match=rf"{uri} already exists and is not empty"):
         prepare_synthetic(uri, **args)
     prepare_synthetic(uri, **{**args, "users": 200}, overwrite=True)       # replaces: no file of the old one left

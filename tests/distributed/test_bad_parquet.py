@@ -1,7 +1,7 @@
 """Corrupted parquet inputs fail training (and the index job) with an error naming the file.
 
-Damage found from the footer (garbage bytes, truncated file, missing column, wrong column type) is
-caught before Ray starts; ``skip_bad_files`` leaves such files out, logs and records them. A bad data
+Damage found from the footer (garbage bytes, truncated file, missing column, wrong column type, no
+``twotower.events`` metadata) is caught before Ray starts; ``skip_bad_files`` leaves such files out, logs and records them. A bad data
 page behind a valid footer fails the run, and the error names the file too (no hang, no skip).
 The same holds for a dataset on S3 (``s3_store``): the skip-bad-files run reads its dataset from
 ``s3://`` and writes its run (Ray Train checkpoints and the artifacts) to ``s3://``.
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from twotower.data.errors import DataFormatError
+from twotower.data.sequences import read_events_metadata, write_sequence_file
 from twotower.distributed.config import TrainConfig
 from twotower.distributed.index_embed import check_item_files
 from twotower.distributed.trainer import TwoTowerTrainer
@@ -32,23 +33,27 @@ def _config(tmp_path, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def two_file_dataset(synthetic_dataset, tmp_path_factory):
-    """The synthetic dataset with train and valid each stored as two files of several row groups."""
-    out = tmp_path_factory.mktemp("two_files") / "synthetic"
+def three_file_dataset(synthetic_dataset, tmp_path_factory):
+    """The synthetic dataset with its sequences stored as three files of several row groups."""
+    out = tmp_path_factory.mktemp("three_files") / "synthetic"
     shutil.copytree(synthetic_dataset, out)
-    for split in ("train", "valid"):
-        folder = out / "interactions" / split
-        table = pq.read_table(folder / "part-00000.parquet")
-        half = table.num_rows // 2
-        pq.write_table(table.slice(0, half), folder / "part-00000.parquet", row_group_size=max(half // 4, 1))
-        pq.write_table(table.slice(half), folder / "part-00001.parquet", row_group_size=max(half // 4, 1))
+    folder = out / "sequences"
+    table = pq.read_table(folder / "part-00000.parquet")
+    third = -(-table.num_rows // 3)
+    for k in range(3):
+        write_sequence_file(table.slice(k * third, third), str(folder / f"part-{k:05d}.parquet"),
+                            row_group_rows=max(third // 4, 1))
     return out
 
 
 @pytest.fixture
-def dataset(two_file_dataset, tmp_path):
-    """A fresh copy of ``two_file_dataset`` to damage."""
-    return shutil.copytree(two_file_dataset, tmp_path / "dataset")
+def dataset(three_file_dataset, tmp_path):
+    """A fresh copy of ``three_file_dataset`` to damage."""
+    return shutil.copytree(three_file_dataset, tmp_path / "dataset")
+
+
+def _part(dataset, k: int):
+    return dataset / "sequences" / f"part-{k:05d}.parquet"
 
 
 def _damage(path, kind: str) -> None:
@@ -58,8 +63,10 @@ def _damage(path, kind: str) -> None:
     elif kind == "truncated":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-    elif kind == "missing_column":
-        pq.write_table(pq.read_table(path).drop_columns(["history"]), path)
+    elif kind == "missing_column":       # a column only validation reads; the footer metadata is kept
+        pq.write_table(pq.read_table(path).drop_columns(["seen_before"]), path)
+    elif kind == "no_events":
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
     elif kind == "wrong_type":
         table = pq.read_table(path)
         i = table.schema.get_field_index("user_idx")
@@ -74,13 +81,14 @@ def _damage(path, kind: str) -> None:
         raise ValueError(kind)
 
 
-@pytest.mark.parametrize("split", ["train", "valid"])
+@pytest.mark.parametrize("part", [0, 2])
 @pytest.mark.parametrize("kind,reason", [("garbage", "not a readable parquet file"),
                                          ("truncated", "not a readable parquet file"),
-                                         ("missing_column", "missing column 'history'"),
-                                         ("wrong_type", "column 'user_idx' has type string, expected integer")])
-def test_footer_damage_fails_before_ray_starts_naming_the_file(dataset, tmp_path, split, kind, reason):
-    bad = dataset / "interactions" / split / "part-00001.parquet"
+                                         ("missing_column", "missing column 'seen_before'"),
+                                         ("wrong_type", "column 'user_idx' has type string, expected integer"),
+                                         ("no_events", "no 'twotower.events' footer metadata")])
+def test_footer_damage_fails_before_ray_starts_naming_the_file(dataset, tmp_path, part, kind, reason):
+    bad = _part(dataset, part)
     _damage(bad, kind)
     with pytest.raises(DataFormatError, match=reason) as info:
         TwoTowerTrainer(_config(tmp_path)).fit(dataset)
@@ -90,12 +98,12 @@ def test_footer_damage_fails_before_ray_starts_naming_the_file(dataset, tmp_path
 
 
 def test_footer_damage_on_s3_fails_before_ray_starts_naming_the_uri(dataset, tmp_path, s3_store):
-    _damage(dataset / "interactions" / "valid" / "part-00001.parquet", "truncated")
+    _damage(_part(dataset, 1), "truncated")
     uri = f"{s3_store}/footer-damage/dataset"
     storage.upload_dir(dataset, uri, last="schema.json")
     with pytest.raises(DataFormatError, match="not a readable parquet file") as info:
         TwoTowerTrainer(_config(tmp_path)).fit(uri)
-    assert info.value.path == f"{uri}/interactions/valid/part-00001.parquet"
+    assert info.value.path == f"{uri}/sequences/part-00001.parquet"
     assert not (tmp_path / "runs" / "bad").exists()
 
 
@@ -107,7 +115,7 @@ def test_cli_flags_and_a_bad_file_exit_2_naming_it(dataset, tmp_path, capsys):
     cfg = train_job.build_config(p.parse_args(["--dataset", "d", "--skip-bad-files", "--max-failures", "2"]))
     assert cfg.skip_bad_files and cfg.max_failures == 2
     assert not train_job.build_config(p.parse_args(["--dataset", "d"])).skip_bad_files
-    bad = dataset / "interactions" / "valid" / "part-00000.parquet"
+    bad = _part(dataset, 0)
     _damage(bad, "garbage")
     assert train_job.main(["--dataset", str(dataset), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
@@ -136,20 +144,20 @@ def test_index_job_item_check_names_the_file(dataset, tmp_path):
 @pytest.mark.timeout(400)
 def test_skip_bad_files_trains_on_the_rest_and_records_them_all_on_s3(ray_cluster, s3_store, dataset, tmp_path,
                                                                         caplog, monkeypatch):
-    _damage(dataset / "interactions" / "train" / "part-00001.parquet", "garbage")
-    _damage(dataset / "interactions" / "valid" / "part-00000.parquet", "missing_column")
-    good_valid_rows = pq.ParquetFile(dataset / "interactions" / "valid" / "part-00001.parquet").metadata.num_rows
+    _damage(_part(dataset, 1), "garbage")
+    _damage(_part(dataset, 2), "missing_column")
+    good_valid_rows = read_events_metadata(pq.read_schema(_part(dataset, 0)).metadata)["valid"]
     uri, runs = f"{s3_store}/skip-bad/dataset", f"{s3_store}/skip-bad/runs"
     storage.upload_dir(dataset, uri, last="schema.json")
-    bad_train, bad_valid = f"{uri}/interactions/train/part-00001.parquet", f"{uri}/interactions/valid/part-00000.parquet"
+    bad_garbage, bad_column = f"{uri}/sequences/part-00001.parquet", f"{uri}/sequences/part-00002.parquet"
     monkeypatch.chdir(tmp_path)                                  # nothing may land in the working directory
     with caplog.at_level(logging.WARNING, logger="twotower.distributed.trainer"):
         result = TwoTowerTrainer(_config(tmp_path, skip_bad_files=True, storage_path=runs)).fit(uri)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(bad_train in w and "not a readable parquet file" in w for w in warnings)
-    assert any(bad_valid in w and "missing column 'history'" in w for w in warnings)
-    assert result.metrics["valid_count"] == good_valid_rows      # the skipped file's queries are not ranked
-    assert {b["path"] for b in result.skipped_files} == {bad_train, bad_valid}
+    assert any(bad_garbage in w and "not a readable parquet file" in w for w in warnings)
+    assert any(bad_column in w and "missing column 'seen_before'" in w for w in warnings)
+    assert result.metrics["valid_count"] == good_valid_rows > 0  # the skipped files' queries are not ranked
+    assert {b["path"] for b in result.skipped_files} == {bad_garbage, bad_column}
 
     # the run lives in the bucket: Ray Train's epoch checkpoint and every artifact, nothing local
     assert result.run_dir == f"{runs}/bad" and result.best_checkpoint == f"{runs}/bad/best_checkpoint"
@@ -169,7 +177,7 @@ def test_skip_bad_files_trains_on_the_rest_and_records_them_all_on_s3(ray_cluste
 @pytest.mark.ray
 @pytest.mark.timeout(400)
 def test_bad_data_page_fails_the_run_naming_the_file(ray_cluster, dataset, tmp_path):
-    bad = dataset / "interactions" / "train" / "part-00001.parquet"
+    bad = _part(dataset, 1)
     _damage(bad, "bad_page")
     with pytest.raises(DataFormatError, match="corrupt data page") as info:
         TwoTowerTrainer(_config(tmp_path, skip_bad_files=True)).fit(dataset)   # footer is fine: not skipped

@@ -1,9 +1,19 @@
-"""Ray Data ingest: dtypes/shapes after preprocessing, equal train shards, lossless eval shards."""
+"""Ray Data ingest: dtypes/shapes of the examples cut in the pipeline, the same examples as cut in-process,
+equal train shards, lossless eval shards, the sample weight carried through."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import dataclasses
+import shutil
+from collections import Counter
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from twotower.data.sequences import cut_examples, sequence_schema, write_sequence_file
 from twotower.data.splits import split_num_rows
 from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TwoTowerDataConfig, iter_eval_batches,
                                        iter_train_batches, read_split)
@@ -64,6 +74,50 @@ def test_eval_shards_drop_no_rows_and_are_balanced(ray_cluster, synthetic_datase
     assert len(u0) + len(u1) == split_num_rows(synthetic_dataset, "valid")      # nothing dropped
     assert sorted(u0 + u1) == sorted(set(u0 + u1))       # leave-last-out: one row per user, no duplicates
     assert min(len(u0), len(u1)) > 0                     # a single-file split still reaches both workers
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_pipeline_yields_exactly_the_examples_cut_in_process(ray_cluster, synthetic_dataset, split):
+    schema = DatasetSchema.load(synthetic_dataset)
+    valid = split == "valid"
+
+    def _key(user, item, history, seen=None) -> tuple:   # local: the Ray tasks below cannot import this module
+        return (int(user), int(item), tuple(history.tolist())) + (() if seen is None else (tuple(seen.tolist()),))
+
+    ref = cut_examples(pq.read_table(synthetic_dataset / "sequences"), int(valid), schema, with_seen=valid)
+    want = Counter(_key(*cols) for cols in zip(ref["user_idx"], ref["item_idx"], ref["history"],
+                                               *([ref["seen_items"]] if valid else [])))
+    ds = read_split(synthetic_dataset, split, schema, with_seen=valid, shuffle_seed=None if valid else 3,
+                    rows_per_block=EVAL_ROWS_PER_BLOCK if valid else None)
+    shards = TwoTowerDataConfig().configure({split: ds}, world_size=2, worker_handles=None, worker_node_ids=None)
+
+    def collect(it):
+        if valid:
+            return [_key(u, i, h, s) for b, seen in iter_eval_batches(it, batch_size=300)
+                    for u, i, h, s in zip(b["user_idx"], b["item_idx"], b["history"], seen)]
+        return [_key(u, i, h) for b in it.iter_batches(batch_size=1000, batch_format="numpy")
+                for u, i, h in zip(b["user_idx"], b["item_idx"], b["history"])]
+
+    got = _consume_all([s[split] for s in shards], collect)
+    assert Counter(got[0] + got[1]) == want and sum(want.values()) == (2000 if valid else 56_000)
+    assert min(map(len, got)) > 0 and (valid or len(got[0]) == len(got[1]))   # train: equal=True, none dropped
+
+
+def test_weight_flows_through_to_the_training_batch(ray_cluster, synthetic_dataset, tmp_path):
+    """A weighted copy of the synthetic dataset (weight = item / 1000 per interaction)."""
+    out = shutil.copytree(synthetic_dataset, tmp_path / "weighted")
+    schema = dataclasses.replace(DatasetSchema.load(out), weighted=True)
+    schema.save(out / "schema.json")
+    path = out / "sequences" / "part-00000.parquet"
+    rows = pq.read_table(path)
+    weight = pa.ListArray.from_arrays(rows["item_idx"].combine_chunks().offsets, pa.array(
+        pc.list_flatten(rows["item_idx"]).to_numpy() / 1000, pa.float32()))
+    write_sequence_file(rows.append_column("weight", weight).select(sequence_schema(schema).names), str(path))
+    shard = TwoTowerDataConfig().configure({"train": read_split(out, "train", schema, shuffle_seed=0)}, world_size=1,
+                                           worker_handles=None, worker_node_ids=None)[0]["train"]
+    batch = next(iter(iter_train_batches(shard, 256, seed=0, epoch=1, rank=0)))
+    assert batch["weight"].dtype == torch.float32 and batch["weight"].shape == (256,)
+    assert torch.allclose(batch["weight"], batch["item_idx"].float() / 1000)
 
 
 def test_read_split_on_movielens(ray_cluster, ml100k_dataset):

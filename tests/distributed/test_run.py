@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from twotower.data.splits import split_files, split_num_rows
+from twotower.data.splits import sequence_files, split_num_rows
 from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.distributed.run import resolve_run
 from twotower.model.schema import DatasetSchema
@@ -17,8 +17,9 @@ def test_the_resolved_run_is_frozen_picklable_and_complete(synthetic_dataset, tm
                                      max_steps_per_epoch=7))
     run = resolve_run(cfg, synthetic_dataset)
     assert run.schema == DatasetSchema.load(synthetic_dataset) and run.config == cfg
-    assert run.files == {s: split_files(synthetic_dataset, s) for s in ("train", "valid")}
-    assert run.rows["train"] == split_num_rows(synthetic_dataset, "train")
+    assert run.files == {s: sequence_files(synthetic_dataset) for s in ("train", "valid")}   # both cut from them
+    assert run.rows == {"train": split_num_rows(synthetic_dataset, "train"), "valid": 2000}
+    assert run.rows["train"] == 56_000
     assert run.steps_per_epoch == min(run.rows["train"] // 2 // 500, 7) == 7
     assert run.run_dir == tmp_path / "r" and run.storage_path == str(tmp_path) and run.resume is None
     assert not (tmp_path / "r").exists()                              # resolving writes nothing

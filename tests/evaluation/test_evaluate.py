@@ -6,6 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from twotower.data.sequences import cut_examples
+from twotower.data.splits import read_split_examples
 from twotower.data.tables import load_feature_tables
 from twotower.evaluation import evaluate, iter_split_batches
 from twotower.model.checkpoint import save_checkpoint
@@ -23,33 +25,36 @@ def untrained_checkpoint(synthetic_dataset, tmp_path_factory):
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "c", epoch=0)
 
 
-def test_reader_streams_every_row_with_padded_history_and_seen_lists(synthetic_dataset):
+def test_reader_streams_every_example_with_padded_history_and_seen_lists(synthetic_dataset):
     schema = DatasetSchema.load(synthetic_dataset)
-    table = pq.read_table(synthetic_dataset / "interactions" / "test")
-    rows = 0
+    whole = cut_examples(pq.read_table(synthetic_dataset / "sequences"), 2, schema, with_seen=True)   # all at once
+    rows, sizes = 0, []
     for batch, seen in iter_split_batches(synthetic_dataset, "test", schema, batch_size=300):
         n = len(batch["user_idx"])
         assert batch["history"].shape == (n, schema.history_length) and len(seen) == n
-        expected = table["seen_items"].slice(rows, n).to_pylist()
-        assert [s.tolist() for s in seen] == expected
-        rows += n
-    assert rows == table.num_rows
+        assert np.array_equal(batch["history"], whole["history"][rows:rows + n])
+        assert [s.tolist() for s in seen] == [s.tolist() for s in whole["seen_items"][rows:rows + n]]
+        assert all(s.dtype == np.int64 for s in seen) and "seen_items" not in batch
+        rows, sizes = rows + n, sizes + [n]
+    assert rows == len(whole["item_idx"]) == 2000 and sizes == [300] * 6 + [200]
+    with pytest.raises(ValueError, match="valid or test split, got 'train'"):
+        next(iter_split_batches(synthetic_dataset, "train", schema))
 
 
 def test_popularity_baseline_matches_a_direct_computation(untrained_checkpoint, synthetic_dataset):
     result = evaluate(untrained_checkpoint, synthetic_dataset, split="test", ks=(10,))
     _, items = load_feature_tables(synthetic_dataset)
     counts = items["train_count"].astype(float)
-    table = pq.read_table(synthetic_dataset / "interactions" / "test", columns=["item_idx", "seen_items"])
+    table = read_split_examples(synthetic_dataset, "test", DatasetSchema.load(synthetic_dataset), with_seen=True)
     hits = 0
-    for target, seen in zip(table["item_idx"].to_pylist(), table["seen_items"].to_pylist()):
+    for target, seen in zip(table["item_idx"].tolist(), table["seen_items"]):
         candidates = np.ones(len(counts), bool)
         candidates[0] = False
         candidates[seen] = False
         candidates[target] = True
         hits += int((counts[candidates] > counts[target]).sum() < 10)
-    assert result["popularity"]["recall@10"] == pytest.approx(hits / table.num_rows)
-    assert result["num_queries"] == table.num_rows and result["split"] == "test"
+    assert result["popularity"]["recall@10"] == pytest.approx(hits / len(table["item_idx"]))
+    assert result["num_queries"] == len(table["item_idx"]) == 2000 and result["split"] == "test"
     for name in ("model", "popularity"):
         assert {"recall@10", "hr@10", "ndcg@10", "sampled_hr@10", "sampled_ndcg@10", "count"} <= set(result[name])
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -15,8 +14,8 @@ TRAIN_STEPS = 150
 @pytest.fixture(scope="session")
 def ml100k_checkpoint(ml100k_dataset, tmp_path_factory):
     """A TwoTowerModel (D=32) trained in-process for a few steps on ML-100K train, saved as a checkpoint."""
+    from twotower.data.splits import read_split_examples
     from twotower.data.tables import load_feature_tables
-    from twotower.model.batch import pad_lists
     from twotower.model.batch import to_tensors
     from twotower.model.checkpoint import save_checkpoint
     from twotower.model.config import ModelConfig
@@ -31,11 +30,9 @@ def ml100k_checkpoint(ml100k_dataset, tmp_path_factory):
     users, items = load_feature_tables(ml100k_dataset)
     torch.manual_seed(0)
     model = TwoTowerModel(schema, ModelConfig(final_embedding_dim=32, hidden_dims=[64], dropout=0.0), users, items)
-    train = pq.read_table(ml100k_dataset / "interactions" / "train")
-    cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
-    cols["history"] = pad_lists(train["history"], schema.history_length)
+    cols = read_split_examples(ml100k_dataset, "train", schema)
     opt = build_optimizer("adam", model, lr=3e-3)
-    perm, batch = np.random.default_rng(0).permutation(train.num_rows), 512
+    perm, batch = np.random.default_rng(0).permutation(len(cols["item_idx"])), 512
     for step in range(TRAIN_STEPS):
         rows = perm[step * batch:(step + 1) * batch]
         loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss
@@ -61,13 +58,14 @@ def ml100k_item_embeddings(ml100k_model) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def ml100k_queries(ml100k_model, ml100k_dataset):
-    """(query embeddings (943, 32) float32 of the test rows, their seen_items lists)."""
+    """(query embeddings (943, 32) float32 of the test examples, their seen_items lists)."""
+    from twotower.data.sequences import SEEN_COLUMN
+    from twotower.data.splits import read_split_examples
     from twotower.model.batch import to_tensors
-    test = pq.read_table(ml100k_dataset / "interactions" / "test")
-    batch = {c: test[c].to_numpy(zero_copy_only=False) for c in test.column_names if c != "seen_items"}
+    batch = read_split_examples(ml100k_dataset, "test", ml100k_model.schema, with_seen=True)
+    seen = [np.asarray(s, dtype=np.int64) for s in batch.pop(SEEN_COLUMN)]
     with torch.no_grad():
         queries = ml100k_model.query_embedding(to_tensors(batch, ml100k_model.schema)).numpy()
-    seen = [np.asarray(s, dtype=np.int64) for s in test["seen_items"].to_pylist()]
     return queries.astype(np.float32), seen
 
 

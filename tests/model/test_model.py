@@ -4,7 +4,7 @@ import torch
 
 from twotower.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from twotower.model.config import ContextMode, ModelConfig
-from twotower.model.schema import DatasetSchema, SchemaError
+from twotower.model.schema import FORMAT_VERSION, DatasetSchema, SchemaError
 from twotower.model.twotower import ContextDependentError, TwoTowerModel
 
 
@@ -98,7 +98,7 @@ def test_schema_round_trip_and_unknown_version(tmp_path, toy_schema):
     assert toy_schema.context_feature("hour_sin").kind == "numeric"
     with pytest.raises(KeyError, match="unknown context field 'mood'"):
         toy_schema.context_feature("mood")
-    (tmp_path / "schema.json").write_text(toy_schema.to_json().replace('"format_version": 2', '"format_version": 7'))
+    (tmp_path / "schema.json").write_text(toy_schema.to_json().replace(f'"format_version": {FORMAT_VERSION}', '"format_version": 7'))
     with pytest.raises(SchemaError, match="format_version 7"):
         DatasetSchema.load(tmp_path)
 

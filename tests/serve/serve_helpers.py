@@ -33,8 +33,8 @@ class Artifacts:
 
 def train_model(dataset: Path, mode: str, steps: int = TRAIN_STEPS, seed: int = 0):
     """A small TwoTowerModel (D=32) trained ``steps`` steps of in-batch softmax on ML-100K train rows."""
+    from twotower.data.splits import read_split_examples
     from twotower.data.tables import load_feature_tables
-    from twotower.model.batch import pad_lists
     from twotower.model.batch import to_tensors
     from twotower.model.config import ModelConfig
     from twotower.model.loss import compute_loss
@@ -46,13 +46,11 @@ def train_model(dataset: Path, mode: str, steps: int = TRAIN_STEPS, seed: int = 
     torch.manual_seed(seed)
     cfg = ModelConfig(context_mode=mode, final_embedding_dim=32, hidden_dims=[64], dropout=0.0, rerank_depth=30)
     model = TwoTowerModel(schema, cfg, *load_feature_tables(dataset))
-    train = pq.read_table(dataset / "interactions" / "train")
-    cols = {c: train[c].to_numpy() for c in ["user_idx", "item_idx"] + [f.name for f in schema.context_features]}
-    cols["history"] = pad_lists(train["history"], schema.history_length)
+    cols = read_split_examples(dataset, "train", schema)
     opt = build_optimizer("adam", model, lr=3e-3)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        rows = rng.integers(0, train.num_rows, BATCH)
+        rows = rng.integers(0, len(cols["item_idx"]), BATCH)
         loss = compute_loss(model, to_tensors({k: v[rows] for k, v in cols.items()}, schema)).loss
         opt.zero_grad()
         loss.backward()

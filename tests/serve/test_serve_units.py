@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from pydantic import ValidationError
 
 from twotower.data.features import context_features
+from twotower.data.splits import read_split_examples
 from twotower.index import ShardedIndex, build_local_index, merge_topk
 from twotower.model.schema import DatasetSchema
 from twotower.serve.catalogue import Catalogue
@@ -105,15 +105,14 @@ def test_request_validation_names_the_field(body, field):
 
 # ---- user state and catalogue ------------------------------------------------------------------------
 def test_user_state_history_and_seen_match_the_dataset(users, ml100k_dataset, schema):
-    test = pq.read_table(ml100k_dataset / "interactions" / "test").to_pylist()
+    test = read_split_examples(ml100k_dataset, "test", schema, with_seen=True)
     n = schema.history_length
-    for row in test[:200]:
-        u = row["user_idx"]
+    for u, item, history, seen in list(zip(test["user_idx"], test["item_idx"], test["history"], test["seen_items"]))[:200]:
         hist = users.history(u)
         assert hist.dtype == np.int64 and hist.shape == (n,)
-        assert hist[0] == row["item_idx"]                                        # the latest interaction
-        assert list(hist[1:]) == (list(row["history"]) + [0] * n)[:n - 1]          # then the ones before it
-        assert set(users.seen(u)) == set(row["seen_items"]) | {row["item_idx"]}
+        assert hist[0] == item                                                   # the latest interaction
+        assert list(hist[1:]) == list(history[:n - 1])                          # then the ones before it
+        assert set(users.seen(u)) == set(seen) | {item}
     assert users.lookup("1") == 1 and users.lookup("no-such-user") == 0
     assert not users.history(0).any() and len(users.seen(0)) == 0
     some = [0, 1, 2, users.num_users - 1, users.num_users]                   # batched; unknown rows all 0
