@@ -157,3 +157,18 @@ def test_batches_get_the_dtype_of_every_kind_and_the_weight():
     assert feature_column(vec, [[1, 2, 3], None]).tolist() == [[1, 2, 3], [0, 0, 0]]
     with pytest.raises(ValueError, match="'img': rows have 2 values, expected dim 3"):
         feature_column(vec, np.zeros((2, 2)))
+
+
+def test_check_dataset_compares_the_statistics_the_encoders_use():
+    import dataclasses
+
+    from twotower.model.checkpoint import IncompatibleDatasetError, check_dataset
+
+    sch = fd.schema(11)
+    check_dataset(sch, fd.schema(11), checkpoint="ck", dataset_dir="ds")
+    changes = {"u_num": Feature("u_num", "numeric", mean=100.0, std=31.0), "u_vec": Feature("u_vec", "vector", dim=5),
+               "u_bucket": Feature("u_bucket", "bucketized", boundaries=(18.0, 30.0, 51.0))}
+    for name, changed in changes.items():
+        other = dataclasses.replace(sch, user_features=tuple(changed if f.name == name else f for f in sch.user_features))
+        with pytest.raises(IncompatibleDatasetError, match=rf"other user_features than ds has \(differ in \['{name}'\]"):
+            check_dataset(sch, other, checkpoint="ck", dataset_dir="ds")
