@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     ds = Path(args.dataset) if args.dataset else work / args.prepare
     if not (ds / "schema.json").exists():
-        from twotower.data.prepare import prepare_movielens
+        from twotower.distributed.sources import prepare_movielens
         prepare_movielens(ds, args.prepare, overwrite=True)
     machine = machine_line()
     cfg = TrainConfig(num_workers=args.num_workers, epochs=args.epochs, patience=0, checkpoints_to_keep=None,

@@ -58,7 +58,7 @@ def artifacts(args) -> tuple[Path, Path, Path]:
     work = Path(args.work)
     dataset = Path(args.dataset) if args.dataset else work / args.prepare
     if not (dataset / "schema.json").exists():
-        from twotower.data.prepare import prepare_movielens
+        from twotower.distributed.sources import prepare_movielens
         print(f"preparing {args.prepare} into {dataset}", flush=True)
         prepare_movielens(dataset, args.prepare)
     ckpt = Path(args.checkpoint) if args.checkpoint else work / f"checkpoint-{args.mode}"

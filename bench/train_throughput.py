@@ -56,7 +56,7 @@ def dataset_dir(args) -> Path:
         return Path(args.dataset)
     path = Path(args.work) / args.prepare
     if not (path / "schema.json").exists():
-        from twotower.data.prepare import prepare_movielens
+        from twotower.distributed.sources import prepare_movielens
         prepare_movielens(path, args.prepare, overwrite=True)
     return path
 

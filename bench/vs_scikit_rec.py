@@ -205,7 +205,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     ds = Path(args.work) / "ml-100k"
     if not (ds / "schema.json").exists():
-        from twotower.data.prepare import prepare_movielens
+        from twotower.distributed.sources import prepare_movielens
         prepare_movielens(ds, "ml-100k", data_dir=args.data_dir, overwrite=True)
     from twotower.model.schema import DatasetSchema
     schema = DatasetSchema.load(ds)

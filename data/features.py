@@ -4,9 +4,7 @@
   ``day_of_week`` (int32, Monday=1 .. Sunday=7, 0 = unknown), ``is_weekend`` (float32 0/1);
 * ``age_bucket`` codes (the ML-1M codes 1, 18, 25, 35, 45, 50, 56);
 * release year from a MovieLens title and 5-year ``year_bucket`` values;
-* ``hash_tokens``: the one text tokeniser of ``hashed_bag`` features (lower-cased word tokens hashed
-  with CRC-32 into buckets 1..buckets-1; prepare and serving's cold-start text both use it), and
-  ``title_tokens``: a MovieLens title without its year through it (buckets 1..1023);
+* ``title_tokens``: lower-cased word tokens hashed with CRC-32 into buckets 1..1023;
 * vocabularies: sorted raw values -> indices 1..n (0 = unknown).
 """
 from __future__ import annotations
@@ -95,22 +93,17 @@ def stable_bucket(token: str, buckets: int = TITLE_BUCKETS) -> int:
 
 
 def hash_tokens(text: str, buckets: int = TITLE_BUCKETS, max_length: int = TITLE_MAX_LENGTH) -> list[int]:
-    """The hashed bag of a text, as a ``hashed_bag`` feature stores it (the one tokeniser: prepare and
-    serving's cold-start ``user_features`` both call it).
-
-    Tokens are the ``\\w+`` runs of ``text.lower()`` in text order, the first ``max_length`` kept, each
-    hashed with :func:`stable_bucket` (CRC-32 of the UTF-8 bytes) into 1..buckets-1 (0 stays padding).
-    ``buckets`` is the feature's cardinality. Returns a list of ints (may be empty).
-    """
-    words = _TOKEN_RE.findall(text.lower())
+    """The one text tokeniser (``text`` features at prepare time and in serving requests): the lower-cased
+    word tokens (regex ``\\w+``) of ``text`` in order, the first ``max_length`` of them, each hashed to
+    a bucket in 1..buckets-1 by :func:`stable_bucket`."""
+    words = _TOKEN_RE.findall(str(text).lower())
     return [stable_bucket(w, buckets) for w in words[:max_length]]
 
 
 def title_tokens(title: str, buckets: int = TITLE_BUCKETS,
                  max_length: int = TITLE_MAX_LENGTH) -> list[int]:
-    """Hashed bag of the lower-cased word tokens of ``title`` without its year, in title order,
-    truncated to ``max_length`` entries; each entry in 1..buckets-1 (:func:`hash_tokens` of the title
-    without its year)."""
+    """Hashed bag of the lower-cased word tokens of ``title`` without its year (:func:`hash_tokens` of
+    :func:`strip_year`), in title order, truncated to ``max_length`` entries; each in 1..buckets-1."""
     return hash_tokens(strip_year(title), buckets, max_length)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,15 +154,11 @@ def _parse_block(path: Path, block: bytes, sep: str, lines_before: int) -> pa.Ta
     return table
 
 
-def read_ratings(path: str | Path, sep: str, header: bool = False,
-                 block_bytes: int = 64 << 20) -> pd.DataFrame:
-    """Read a ratings file ``user, item, rating, timestamp`` (4 fields separated by ``sep``).
-
-    Reads in blocks of ``block_bytes`` so big files (ML-25M) are parsed by pyarrow in pieces.
-
-    Returns:
-        DataFrame ``user_id`` int64, ``item_id`` int64, ``rating`` float32, ``timestamp`` int64,
-        in file order.
+def iter_rating_blocks(path: str | Path, sep: str, header: bool = False,
+                       block_bytes: int = 64 << 20) -> Iterator[pa.Table]:
+    """Stream a ratings file ``user, item, rating, timestamp`` (4 fields separated by ``sep``) as pyarrow
+    tables of about ``block_bytes`` of text each (``user_id`` int64, ``item_id`` int64, ``rating`` float32,
+    ``timestamp`` int64, file order), so a big file (ML-25M) is never held whole.
 
     Raises:
         DataFormatError: missing or empty file, wrong field count (wrong separator), non-integer
@@ -170,7 +167,7 @@ def read_ratings(path: str | Path, sep: str, header: bool = False,
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, "file not found")
-    tables, lines = [], 0
+    lines, rows = 0, 0
     with _open(path) as f:
         if header:
             head = f.readline().decode("latin-1").strip()
@@ -182,11 +179,18 @@ def read_ratings(path: str | Path, sep: str, header: bool = False,
             if not block.endswith(b"\n"):
                 block += f.readline()
             if block.strip():
-                tables.append(_parse_block(path, block, sep, lines))
+                table = _parse_block(path, block, sep, lines)
+                rows += table.num_rows
+                yield table
             lines += block.count(b"\n")
-    if not tables or sum(t.num_rows for t in tables) == 0:
+    if rows == 0:
         raise DataFormatError(path, "file is empty (no rating rows)")
-    table = pa.concat_tables(tables)
+
+
+def read_ratings(path: str | Path, sep: str, header: bool = False,
+                 block_bytes: int = 64 << 20) -> pd.DataFrame:
+    """All of :func:`iter_rating_blocks` as one DataFrame (small files and tests)."""
+    table = pa.concat_tables(list(iter_rating_blocks(path, sep, header, block_bytes)))
     return pd.DataFrame({c: table[c].to_numpy() for c in _RATING_COLUMNS})
 
 

@@ -19,31 +19,33 @@ Planted structure (all drawn from ``seed``):
   strictly increase along each user's sequence from a random start in 2020 (UTC), with
   exponential gaps; context columns are derived from them exactly as for MovieLens.
 
-Generation is vectorised per block of 1024 users with its own random stream, so the data do not
-depend on ``chunk_users``/``chunk_rows``; blocks are grouped into chunks that are split, given
-history/seen lists and appended to the part files, so peak memory depends on the chunk size and
-on per-user arrays (a few bytes per user), not on ``interactions``. ``temporal`` cut points are
-estimated from the first 64 blocks (users are i.i.d.).
+The generator is a source of the one preparation path: :func:`write_synthetic_tables` writes raw tables
+(``interactions/part-*.parquet`` with ``user_id``, ``item_id``, ``timestamp``, ``rating``; ``users.parquet``
+with ``segment``; ``items.parquet`` with ``category`` and ``genres``) and returns their spec, which the
+prepare job turns into a dataset like any team's data. User i and item i have raw id i (1-based); the
+vocabulary orders integer ids numerically and every id is in the users / items table, so index i is id i.
 
-Ground truth is written as ``synthetic_truth_users.parquet`` (``user_idx``, ``cluster``; row 0 has
+Generation is vectorised per block of 1024 users with its own random stream, so the data do not
+depend on ``chunk_users``; blocks are grouped into chunks of about ``chunk_users`` users written as one
+parquet file each, so peak memory depends on the chunk size and on per-user arrays (a few bytes per
+user), not on ``interactions``.
+
+Ground truth (:func:`write_truth`): ``synthetic_truth_users.parquet`` (``user_idx``, ``cluster``; row 0 has
 cluster -1) and ``synthetic_truth_items.parquet`` (``item_idx``, ``cluster``, ``window``,
-``popularity_rank``; row 0 has -1); ``stats.json["synthetic"]`` holds the parameters.
+``popularity_rank``; row 0 has -1), copied into the dataset; ``stats.json["synthetic"]`` holds the parameters.
 """
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twotower import storage
 from twotower.data import features as F
-from twotower.data.split import SPLIT_METHODS, leave_last_out, temporal_cuts, temporal_split
-from twotower.data.vocab import vocab_table, write_vocab
-from twotower.data.writer import SequenceWriter, atomic_directory, write_json
-from twotower.model.schema import DatasetSchema, Feature
+from twotower.data.spec import ContextSpec, DatasetSpec, FeatureSpec, InteractionsSpec, SplitSpec, TableSpec
 
 log = logging.getLogger("twotower.data")
 BLOCK_USERS = 1024
@@ -122,147 +124,72 @@ class _World:
         return (user0 + 1).astype(np.int32), item.astype(np.int32), ts.astype(np.int64), rating
 
 
-def prepare_synthetic(out: str | Path, users: int = 10_000, items: int = 2_000,
-                      interactions: int = 200_000, seed: int = 0, history_length: int = 50, *,
-                      clusters: int = 20, windows: int = 4, in_cluster: float = 0.8,
-                      window_match: float = 0.8, segment_accuracy: float = 0.8,
-                      zipf_exponent: float = 1.0, num_genres: int = 18,
-                      split: str = "leave_last_out", valid_fraction: float = 0.1,
-                      test_fraction: float = 0.1, chunk_users: int = 50_000,
-                      chunk_rows: int = 250_000, rows_per_file: int = 250_000,
-                      overwrite: bool = False) -> dict:
-    """Generate and write a synthetic dataset (see the module docstring) to ``out`` atomically.
+def _write(table: pa.Table, path: str) -> None:
+    fs, inner = storage.resolve(path)
+    pq.write_table(table, inner, filesystem=fs)
 
-    User i (1-based) has raw id ``str(i)`` and index i; likewise items. Returns the stats dict
-    written to ``stats.json``.
+
+def write_synthetic_tables(dest: str, users: int = 10_000, items: int = 2_000, interactions: int = 200_000,
+                           seed: int = 0, history_length: int = 50, *, clusters: int = 20, windows: int = 4,
+                           in_cluster: float = 0.8, window_match: float = 0.8, segment_accuracy: float = 0.8,
+                           zipf_exponent: float = 1.0, num_genres: int = 18, split: SplitSpec | None = None,
+                           chunk_users: int = 50_000, block_rows: int = 2_000_000) -> tuple[DatasetSpec, dict]:
+    """Generate the tables (module docstring) under ``dest`` (local or URI). Returns (spec, the parameters
+    for ``stats.json["synthetic"]``).
 
     Raises:
-        ValueError: non-positive sizes, ``items < windows``, bad split / history_length.
-        FileExistsError: ``out`` is non-empty and ``overwrite`` is False.
+        ValueError: non-positive sizes or ``items < windows``.
     """
     t0 = time.time()
     if users < 1 or items < windows or interactions < 1 or history_length < 1 or windows < 1:
-        raise ValueError("need users >= 1, items >= windows >= 1, interactions >= 1, "
-                         "history_length >= 1")
-    if split not in SPLIT_METHODS:
-        raise ValueError(f"split must be one of {SPLIT_METHODS}, got {split!r}")
-    world = _World(users, items, interactions, seed, clusters, windows, zipf_exponent,
-                   num_genres, segment_accuracy)
-    n_blocks = -(-users // BLOCK_USERS)
-    cuts = None
-    if split == "temporal":
-        sample = [world.block(seed, b, in_cluster, window_match)[2] for b in range(min(n_blocks, 64))]
-        cuts = temporal_cuts(np.concatenate(sample), valid_fraction, test_fraction)
-    with atomic_directory(out, overwrite) as tmp:
-        (tmp / "vocab").mkdir()
-        iw = SequenceWriter(tmp, DatasetSchema(num_users=users + 1, num_items=items + 1,
-                                               history_length=history_length,
-                                               context_features=F.CONTEXT_FEATURES), items + 1)
-        done_rows, ts_min, ts_max = _write_user_blocks(
-            tmp, world, iw, seed=seed, in_cluster=in_cluster, window_match=window_match, cuts=cuts,
-            history_length=history_length, chunk_users=chunk_users, chunk_rows=chunk_rows, t0=t0)
-        files = iw.close()
-        _write_items(tmp, world, iw.train_count)
-        write_vocab(tmp, "items", np.arange(1, items + 1).astype(str).tolist())
-        for name in ("segment", "category"):
-            write_vocab(tmp, name, [str(c) for c in range(world.K)])
-        write_vocab(tmp, "genres", [f"g{g:02d}" for g in range(num_genres)])
-        write_vocab(tmp, "day_of_week", F.DAY_NAMES)
-        card = max(2, world.K + 1)
-        schema = DatasetSchema(
-            num_users=users + 1, num_items=items + 1, history_length=history_length,
-            user_features=(Feature("segment", "categorical", card),),
-            item_features=(Feature("category", "categorical", card),
-                           Feature("genres", "multi_hot", num_genres + 1,
-                                   max_length=int(world.genre_lengths.max()))),
-            context_features=F.CONTEXT_FEATURES, name="synthetic", split=split,
-            extra={"source": "synthetic", "seed": seed})
-        schema.save(tmp / "schema.json")
-        stats = {
-            "name": "synthetic", "source": "synthetic", "rows": iw.rows, "interactions": done_rows,
-            "users": users, "items": items, "num_users": users + 1, "num_items": items + 1,
-            "items_with_interactions": int((iw.train_count > 0).sum()),
-            "timestamp_min": ts_min, "timestamp_max": ts_max,
-            "temporal_cuts": list(cuts) if cuts else None, "files": files,
-            "settings": {"split": split, "history_length": history_length, "seed": seed,
-                         "valid_fraction": valid_fraction, "test_fraction": test_fraction,
-                         "rows_per_file": rows_per_file, "chunk_users": chunk_users,
-                         "chunk_rows": chunk_rows},
-            "synthetic": {"clusters": world.K, "windows": windows, "window_hours": 24 / windows,
-                          "in_cluster": in_cluster, "window_match": window_match,
-                          "segment_accuracy": segment_accuracy, "zipf_exponent": zipf_exponent,
-                          "num_genres": num_genres, "block_users": BLOCK_USERS,
-                          "truth_files": ["synthetic_truth_users.parquet",
-                                          "synthetic_truth_items.parquet"]},
-        }
-        stats["seconds"] = round(time.time() - t0, 3)
-        write_json(tmp / "stats.json", stats)
-    log.info("synthetic: %d interactions %s -> %s (%.1fs)", done_rows, iw.rows, out,
-             time.time() - t0)
-    return stats
-
-
-def _write_user_blocks(tmp: Path, world: _World, iw: SequenceWriter, *, seed: int, in_cluster: float,
-                       window_match: float, cuts, history_length: int, chunk_users: int, chunk_rows: int,
-                       t0: float) -> tuple[int, int, int]:
-    """Generate the users block by block, grouped into chunks of about ``chunk_users`` users or
-    ``chunk_rows`` rows; per chunk: split, history/seen lists and the interaction parts (``iw``), the
-    users table, the user vocabulary and the users' ground truth. Returns (rows, min, max timestamp)."""
-    users = len(world.user_cluster)
-    n_blocks = -(-users // BLOCK_USERS)
-    row0 = {"user_idx": [0], "user_id": [""], "segment": [0]}
-    uw = pq.ParquetWriter(tmp / "users.parquet", pa.table(row0, schema=pa.schema(
-        [("user_idx", pa.int32()), ("user_id", pa.string()), ("segment", pa.int32())])).schema)
-    uw.write_table(pa.table(row0, schema=uw.schema))
-    vw = pq.ParquetWriter(tmp / "vocab" / "users.parquet", vocab_table([]).schema)
-    tw = pq.ParquetWriter(tmp / "synthetic_truth_users.parquet", pa.schema(
-        [("user_idx", pa.int32()), ("cluster", pa.int32())]))
-    tw.write_table(pa.table({"user_idx": [0], "cluster": [-1]}, schema=tw.schema))
-    pending, done_users, done_rows = [], 0, 0
-    ts_min, ts_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        raise ValueError("need users >= 1, items >= windows >= 1, interactions >= 1, history_length >= 1")
+    world = _World(users, items, interactions, seed, clusters, windows, zipf_exponent, num_genres, segment_accuracy)
+    storage.makedirs(storage.join(dest, "interactions"))
+    n_blocks, pending, part, done = -(-users // BLOCK_USERS), [], 0, 0
+    per_chunk = max(1, chunk_users // BLOCK_USERS)
     for b in range(n_blocks):
         pending.append(world.block(seed, b, in_cluster, window_match))
-        nu = min(BLOCK_USERS * (b + 1), users) - done_users
-        if b + 1 < n_blocks and nu < chunk_users and sum(len(p[0]) for p in pending) < chunk_rows:
+        if len(pending) < per_chunk and b + 1 < n_blocks:
             continue
         u, i, ts, r = (np.concatenate(c) for c in zip(*pending))
-        pending = []
-        if len(ts):
-            ts_min, ts_max = min(ts_min, int(ts.min())), max(ts_max, int(ts.max()))
-        codes = temporal_split(ts, cuts) if cuts else leave_last_out(u)
-        iw.write(u, i, ts, codes)
-        lo, hi = done_users + 1, done_users + nu + 1
-        ids = np.arange(lo, hi)
-        uw.write_table(pa.table({"user_idx": ids.astype(np.int32),
-                                 "user_id": pa.array(ids.astype(str)).cast(pa.string()),
-                                 "segment": world.segment[lo - 1:hi - 1] + 1}, schema=uw.schema))
-        vw.write_table(vocab_table(ids.astype(str).tolist(), start=lo))
-        tw.write_table(pa.table({"user_idx": ids.astype(np.int32),
-                                 "cluster": world.user_cluster[lo - 1:hi - 1]}, schema=tw.schema))
-        done_users, done_rows = done_users + nu, done_rows + len(u)
-        log.info("synthetic: %d / %d users, %d / %d interactions written (%.1fs)", done_users, users, done_rows,
-                 int(world.lengths.sum()), time.time() - t0)
-    uw.close(), vw.close(), tw.close()
-    return done_rows, ts_min, ts_max
+        _write(pa.table({"user_id": u.astype(np.int64), "item_id": i.astype(np.int64), "timestamp": ts, "rating": r}),
+               storage.join(dest, "interactions", f"part-{part:05d}.parquet"))
+        pending, part, done = [], part + 1, done + len(u)
+        log.info("synthetic: %d / %d interactions generated (%.1fs)", done, int(world.lengths.sum()), time.time() - t0)
+    ids = np.arange(1, users + 1)
+    _write(pa.table({"user_id": ids, "segment": pa.array(world.segment.astype(str).tolist())}),
+           storage.join(dest, "users.parquet"))
+    offsets = np.r_[0, np.cumsum(world.genre_lengths)].astype(np.int32)
+    names = pa.array([f"g{g - 1:02d}" for g in world.genre_values.tolist()], pa.string())
+    _write(pa.table({"item_id": np.arange(1, items + 1), "category": pa.array(world.item_cluster.astype(str).tolist()),
+                     "genres": pa.ListArray.from_arrays(pa.array(offsets), names)}),
+           storage.join(dest, "items.parquet"))
+    spec = DatasetSpec(
+        name="synthetic",
+        interactions=InteractionsSpec(path=storage.join(dest, "interactions"), format="parquet", user_id="user_id",
+                                      item_id="item_id", timestamp="timestamp", timestamp_unit="seconds"),
+        context=ContextSpec(time_features=True),
+        users=TableSpec(path=storage.join(dest, "users.parquet"), id="user_id",
+                        features={"segment": FeatureSpec(kind="categorical")}),
+        items=TableSpec(path=storage.join(dest, "items.parquet"), id="item_id",
+                        features={"category": FeatureSpec(kind="categorical"), "genres": FeatureSpec(kind="multi_hot")}),
+        history_length=history_length, split=split or SplitSpec(), block_rows=block_rows)
+    params = {"clusters": world.K, "windows": windows, "window_hours": 24 / windows, "in_cluster": in_cluster,
+              "window_match": window_match, "segment_accuracy": segment_accuracy, "zipf_exponent": zipf_exponent,
+              "num_genres": num_genres, "block_users": BLOCK_USERS, "seed": seed,
+              "truth_files": ["synthetic_truth_users.parquet", "synthetic_truth_items.parquet"]}
+    write_truth(world, dest)
+    return spec, params
 
 
-def _write_items(tmp: Path, world: _World, train_count: np.ndarray) -> None:
-    """``items.parquet`` (ids, empty titles, ``train_count``, ``category``, ``genres``) and the items'
-    ground truth (cluster, window, popularity rank); row 0 is the unknown item."""
-    items = len(world.item_cluster)
-    offsets = np.r_[0, 0, np.cumsum(world.genre_lengths)].astype(np.int32)
-    item_ids = np.arange(items + 1)
-    pq.write_table(pa.table({
-        "item_idx": pa.array(item_ids.astype(np.int32)),
-        "item_id": pa.array(np.r_[[""], item_ids[1:].astype(str)]).cast(pa.string()),
-        "title": pa.array([""] * (items + 1), pa.string()),
-        "train_count": pa.array(train_count),
-        "category": pa.array(np.r_[0, world.item_cluster + 1].astype(np.int32)),
-        "genres": pa.ListArray.from_arrays(pa.array(offsets), pa.array(world.genre_values)),
-    }), tmp / "items.parquet")
-    pq.write_table(pa.table({
-        "item_idx": pa.array(item_ids.astype(np.int32)),
-        "cluster": pa.array(np.r_[-1, world.item_cluster].astype(np.int32)),
-        "window": pa.array(np.r_[-1, world.item_window].astype(np.int32)),
-        "popularity_rank": pa.array(np.r_[-1, world.item_rank].astype(np.int32)),
-    }), tmp / "synthetic_truth_items.parquet")
+def write_truth(world: _World, dest: str) -> None:
+    """The ground truth files (module docstring) into ``dest``; row 0 is the unknown user / item."""
+    users, items = len(world.user_cluster), len(world.item_cluster)
+    _write(pa.table({"user_idx": np.arange(users + 1, dtype=np.int32),
+                     "cluster": np.r_[-1, world.user_cluster].astype(np.int32)}),
+           storage.join(dest, "synthetic_truth_users.parquet"))
+    _write(pa.table({"item_idx": np.arange(items + 1, dtype=np.int32),
+                     "cluster": np.r_[-1, world.item_cluster].astype(np.int32),
+                     "window": np.r_[-1, world.item_window].astype(np.int32),
+                     "popularity_rank": np.r_[-1, world.item_rank].astype(np.int32)}),
+           storage.join(dest, "synthetic_truth_items.parquet"))

@@ -11,12 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from twotower import storage
 
 VOCAB_DIR = "vocab"
+_INTEGER = r"^-?[0-9]{1,18}$"
+
+
+def vocab_order(values: pa.Array | Sequence[str]) -> np.ndarray:
+    """Distinct non-empty raw values in vocabulary order: integer-like values numerically first (ties by
+    text), then the others as text; position p gets index p + 1 (0 = unknown). Object array of str.
+
+    The same order as ``twotower.data.features.build_vocab``, computed with pyarrow (millions of ids)."""
+    arr = values if isinstance(values, pa.Array) else pa.array(list(values), pa.string())
+    arr = pc.unique(pc.drop_null(arr.cast(pa.string())))
+    arr = arr.filter(pc.not_equal(arr, ""))
+    is_int = pc.match_substring_regex(arr, _INTEGER).to_numpy(zero_copy_only=False)
+    ints, texts = arr.filter(pa.array(is_int)), arr.filter(pa.array(~is_int))
+    int_text = ints.to_numpy(zero_copy_only=False)
+    order = np.lexsort((int_text, pc.cast(ints, pa.int64()).to_numpy()))
+    texts = texts.take(pc.sort_indices(texts))
+    return np.concatenate([int_text[order], texts.to_numpy(zero_copy_only=False)]).astype(object)
 
 
 def vocab_table(raw: Sequence[str] | pa.Array, start: int = 1) -> pa.Table:
@@ -27,10 +45,13 @@ def vocab_table(raw: Sequence[str] | pa.Array, start: int = 1) -> pa.Table:
     return pa.table({"raw": raw_arr.cast(pa.string()), "idx": pa.array(idx)})
 
 
-def write_vocab(out: Path, name: str, raw: Sequence[str] | pa.Array) -> None:
-    """Write ``out/vocab/<name>.parquet`` (``out`` a local directory; see :func:`vocab_table`)."""
-    (out / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
-    pq.write_table(vocab_table(raw), out / VOCAB_DIR / f"{name}.parquet")
+def write_vocab(out: str | Path, name: str, raw: Sequence[str] | pa.Array | np.ndarray) -> None:
+    """Write ``out/vocab/<name>.parquet`` (``out`` a local directory or URI; see :func:`vocab_table`)."""
+    if isinstance(raw, np.ndarray):
+        raw = pa.array(raw.tolist(), pa.string())
+    storage.makedirs(storage.join(out, VOCAB_DIR))
+    fs, path = storage.resolve(storage.join(out, VOCAB_DIR, f"{name}.parquet"))
+    pq.write_table(vocab_table(raw), path, filesystem=fs)
 
 
 def read_vocab(dataset_dir: str | Path, name: str) -> dict[str, int] | None:

@@ -24,9 +24,9 @@ Shuffling (train only): the order of the parquet *files* is reshuffled at every 
 (``FileShuffleConfig(seed, reseed_after_execution=True)``) and examples are mixed in a per-worker
 local shuffle buffer of ``shuffle_buffer_rows(batch_size)`` examples (``iter_torch_batches(
 local_shuffle_buffer_size=..., local_shuffle_seed=seed + epoch + rank)``). This is not a global
-shuffle: one sequence row becomes all the train examples of one user, consecutive, and prepared
-files hold users in index order, so the buffer mixes (buffer size / examples per user) users per
-batch (ML-1M: ~60 users of ~165 examples each in 10k), which is what in-batch negatives need. A full
+shuffle: one sequence row becomes all the train examples of one user (or of one window of a long
+user), consecutive, so the buffer mixes about (buffer size / examples per user) users per batch
+(ML-1M: ~60 users of ~165 examples each in 10k), which is what in-batch negatives need. A full
 ``random_shuffle()`` would materialise the dataset.
 
 After a worker failure Ray Train rebuilds the dataset shards from the datasets given to the

@@ -6,6 +6,8 @@ only as many CPUs as workers, Ray Data starves and ``fit`` hangs), a 500 MB obje
 dashboard on: Ray Train V2's placement-group cleaner polls the state API that the dashboard serves
 (without it, it logs a warning every second and cannot clean up after a killed controller).
 
+The prepared datasets need Ray (the prepare job runs on Ray Data), so they depend on ``ray_cluster``.
+
 ``s3_store`` is a real S3-compatible server (moto's, in a thread of this process) on 127.0.0.1 with
 one bucket; it exports ``AWS_ENDPOINT_URL`` and test credentials, so plain ``s3://twotower-test/...``
 URIs work through pyarrow, Ray Data and every twotower job. ``ray_cluster`` depends on it: Ray's
@@ -44,9 +46,9 @@ def ray_cluster(s3_store):
 
 
 @pytest.fixture(scope="session")
-def synthetic_dataset(tmp_path_factory):
+def synthetic_dataset(tmp_path_factory, ray_cluster):
     """Small synthetic dataset: 2000 users, 500 items, 60k interactions, history length 20."""
-    from twotower.data.synthetic import prepare_synthetic
+    from twotower.distributed.sources import prepare_synthetic
 
     out = tmp_path_factory.mktemp("datasets") / "synthetic"
     prepare_synthetic(out, users=2000, items=500, interactions=60_000, seed=0, history_length=20)
@@ -54,10 +56,10 @@ def synthetic_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ml100k_dataset(tmp_path_factory):
+def ml100k_dataset(tmp_path_factory, ray_cluster):
     """MovieLens-100K prepared from ``$TWOTOWER_DATA_DIR`` or ``../shared/data`` (an error if absent)."""
     from twotower.data.locate import find_movielens
-    from twotower.data.prepare import prepare_movielens
+    from twotower.distributed.sources import prepare_movielens
 
     src = find_movielens("ml-100k", os.environ.get("TWOTOWER_DATA_DIR"), allow_download=False)
     out = tmp_path_factory.mktemp("datasets") / "ml-100k"

@@ -10,7 +10,7 @@ import pytest
 
 from twotower.data import locate
 from twotower.data.locate import DownloadError, download, find_movielens
-from twotower.data.prepare import prepare_movielens
+from twotower.distributed.sources import prepare_movielens
 
 DATA = Path(os.environ.get("TWOTOWER_DATA_DIR",
                            Path(__file__).resolve().parents[2].parent / "shared" / "data"))
@@ -81,7 +81,9 @@ def test_download_via_find_and_zip_extraction(tmp_path, monkeypatch):
     assert find_movielens("ml-20m", tmp_path / "nowhere", allow_download=False) == folder
 
 
-def test_ml_latest_small_zip_from_shared_data(tmp_path):
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_ml_latest_small_zip_from_shared_data(tmp_path, ray_cluster):
     if not (DATA / "ml-latest-small" / "ml-latest-small.zip").is_file():
         pytest.fail("ml-latest-small.zip not available" + " (set TWOTOWER_DATA_DIR or place MovieLens under ../shared/data)")
     folder = find_movielens("ml-latest-small", DATA)

@@ -1,4 +1,5 @@
-"""MovieLens -> prepared dataset: counts, exact history/seen lists, splits, context, atomicity."""
+"""MovieLens -> prepared dataset (through the one Ray Data job): counts, exact history/seen lists, splits,
+context, atomicity."""
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from twotower.data.prepare import prepare_movielens
-from twotower.data.sequences import read_events_metadata, sequence_schema
-from twotower.data.splits import read_split_examples
+from twotower.data.sequences import SEEN_COLUMN, SPLITS, cut_examples
 from twotower.data.tables import load_feature_tables
-from twotower.data.vocab import read_vocab
+from twotower.distributed.sources import prepare_movielens
 from twotower.model.schema import DatasetSchema
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(300)]
 
 DATA = Path(os.environ.get("TWOTOWER_DATA_DIR",
                            Path(__file__).resolve().parents[2].parent / "shared" / "data"))
@@ -24,10 +25,10 @@ needs_ml100k = pytest.mark.skipif(not ML100K.is_dir(), reason=f"{ML100K} not ava
 
 
 def read_split(root: Path, split: str) -> pd.DataFrame:
-    """The examples of ``split`` cut from the sequences (``cut_examples``), one row per interaction in
-    stored order; ``history`` (and ``seen_items`` for valid/test) as arrays."""
-    ex = read_split_examples(root, split, DatasetSchema.load(root), with_seen=split != "train")
-    return pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in (ex or {}).items()})
+    """The examples of ``split`` cut from the sequences (history, seen_items for valid/test, context)."""
+    code = SPLITS.index(split)
+    ex = cut_examples(pq.read_table(root / "sequences"), code, DatasetSchema.load(root), with_seen=code > 0)
+    return pd.DataFrame({k: list(v) if getattr(v, "ndim", 1) > 1 or k == SEEN_COLUMN else v for k, v in ex.items()})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_tiny_exact_history_seen_and_counts(tmp_path):
     stats = prepare_movielens(out, "ml-100k", src=write_tiny(tmp_path / "src"), history_length=3)
     assert stats["rows"] == {"train": 5, "valid": 1, "test": 1}
     schema = DatasetSchema.load(out)
-    assert (schema.num_users, schema.num_items, schema.history_length) == (4, 6, 3)
+    assert (schema.num_users, schema.num_items, schema.history_length) == (5, 6, 3)
     train = read_split(out, "train")
     assert train[["user_idx", "item_idx"]].values.tolist() == [[1, 1], [1, 3], [2, 1], [2, 2], [3, 3]]
     assert [list(h) for h in train["history"]] == [[0, 0, 0], [1, 0, 0], [0, 0, 0], [1, 0, 0],
@@ -74,12 +75,12 @@ def test_tiny_exact_history_seen_and_counts(tmp_path):
     assert items["train_count"].tolist() == [0, 2, 1, 2, 0, 0]
     assert list(items["genres"][0]) == [] and items["year_bucket"][0] == 0
     users = pq.read_table(out / "users.parquet").to_pandas()
-    assert users["user_id"].tolist() == ["", "1", "2", "3"]  # user 4 has no rating
+    assert users["user_id"].tolist() == ["", "1", "2", "3", "4"]  # user 4 has no rating: known, no history
     age_vocab = pq.read_table(out / "vocab" / "age_bucket.parquet").to_pandas()
-    assert age_vocab["raw"].tolist() == ["1", "18", "50"] and age_vocab["idx"].tolist() == [1, 2, 3]
-    assert users["age_bucket"].tolist() == [0, 2, 3, 1]
+    assert age_vocab["raw"].tolist() == ["1", "18", "25", "50"] and age_vocab["idx"].tolist() == [1, 2, 3, 4]
+    assert users["age_bucket"].tolist() == [0, 2, 4, 1, 3]
     assert pq.read_table(out / "vocab" / "zip_prefix.parquet")["raw"].to_pylist() == \
-        ["857", "940", "T8H"]
+        ["123", "857", "940", "T8H"]
     # context of t=100: Thursday 1970-01-01 00:01:40 UTC
     row = train.iloc[0]
     assert row["day_of_week"] == 4 and row["is_weekend"] == 0.0
@@ -99,10 +100,10 @@ def test_ml100k_counts_and_layout(ml100k):
                                                        "zip_prefix"]
     assert [f.name for f in schema.context_features] == ["hour_sin", "hour_cos", "day_of_week",
                                                           "is_weekend"]
-    f = pq.ParquetFile(ml100k / "sequences" / "part-00000.parquet")      # every interaction once, per user
+    f = pq.ParquetFile(ml100k / "sequences" / "part-00000.parquet")
     assert f.schema_arrow.field("item_idx").type.value_type.bit_width == 32
-    assert f.schema_arrow.names == sequence_schema(schema).names and f.metadata.num_rows == 943
-    assert read_events_metadata(f.schema_arrow.metadata) == stats["rows"]
+    assert f.metadata.num_rows == 943                                   # one sequence row per user
+    assert sum(len(x) for x in f.read(columns=["item_idx"])["item_idx"].to_pylist()) == 100_000
     users, items = load_feature_tables(ml100k)
     assert users["gender"].shape == (944,) and users["gender"].dtype == np.int64
     assert items["genres"].shape == (1683, 6) and items["title_tokens"].shape == (1683, 16)
@@ -127,17 +128,17 @@ def test_ml100k_history_matches_independent_computation(ml100k):
             h = seq[max(0, p - 50):p][::-1]
             expected[u * 10_000 + item] = h + [0] * (50 - len(h))
     n_rows = 0
-    schema = DatasetSchema.load(ml100k)
+    test_item = dict(zip(*(read_split(ml100k, "test")[c] for c in ("user_idx", "item_idx"))))
     for split in ("train", "valid", "test"):
-        t = read_split_examples(ml100k, split, schema, with_seen=split != "train")
-        keys = t["user_idx"] * 10_000 + t["item_idx"]                          # index == id here
+        t = read_split(ml100k, split)
+        keys = t["user_idx"].to_numpy() * 10_000 + t["item_idx"].to_numpy()  # index == id here
+        hist = np.stack(t["history"].to_list())
         want = np.array([expected[k] for k in keys])
-        assert t["history"].shape == (len(keys), 50) and np.array_equal(t["history"], want)
+        assert np.array_equal(hist, want)
         n_rows += len(keys)
         if split != "train":
             # leave-last-out: the user's other items, minus the test item for valid rows
-            test_item = dict(zip(*(read_split(ml100k, "test")[c] for c in ("user_idx", "item_idx"))))
-            for u, i, s in zip(t["user_idx"].tolist(), t["item_idx"].tolist(), t["seen_items"]):
+            for u, i, s in zip(t["user_idx"], t["item_idx"], t[SEEN_COLUMN]):
                 drop = {i} if split == "test" else {i, test_item[u]}
                 assert s.tolist() == sorted(set(by_user[u]) - drop)
     assert n_rows == 100_000
@@ -161,12 +162,10 @@ def test_temporal_split_and_min_rating(tmp_path):
     stats = prepare_movielens(out2, "ml-100k", src=ML100K, min_rating=4, history_length=5)
     raw = pd.read_csv(ML100K / "u.data", sep="\t", names=["u", "i", "r", "t"])
     assert sum(stats["rows"].values()) == 55_375 == (raw.r >= 4).sum()
-    assert stats["users"] == raw.loc[raw.r >= 4, "u"].nunique()
-    assert stats["items"] == 1682  # the catalogue is the item file
-    raw_user = {i: int(r) for r, i in read_vocab(out2, "users").items()}
-    kept = pd.concat([read_split(out2, s) for s in ("train", "valid", "test")])   # exactly the ratings >= 4
-    got = sorted(zip(kept["user_idx"].map(raw_user), kept["item_idx"], kept["timestamp"]))
-    assert got == sorted(zip(*(raw.loc[raw.r >= 4, c] for c in ("u", "i", "t"))))
+    assert stats["users_with_interactions"] == raw.loc[raw.r >= 4, "u"].nunique()
+    assert stats["users"] == 943 and stats["items"] == 1682  # users and items files: every id is known
+    kept = set(zip(raw.u[raw.r >= 4], raw.i[raw.r >= 4]))
+    assert set(zip(read_split(out2, "train")["user_idx"], read_split(out2, "train")["item_idx"])) <= kept
 
 
 def test_atomic_write_failure_and_overwrite(tmp_path, monkeypatch):
@@ -178,7 +177,7 @@ def test_atomic_write_failure_and_overwrite(tmp_path, monkeypatch):
         raise RuntimeError("injected failure")
 
     with monkeypatch.context() as m:
-        m.setattr("twotower.data.prepare._item_table", boom)
+        m.setattr("twotower.distributed.prepare.encode_entities", boom)    # after the sequences are written
         with pytest.raises(RuntimeError, match="injected"):
             prepare_movielens(parent / "ds", "ml-100k", src=src)
         assert list(parent.iterdir()) == []  # no output, no temp dir
@@ -193,6 +192,7 @@ def test_atomic_write_failure_and_overwrite(tmp_path, monkeypatch):
     prepare_movielens(parent / "ds", "ml-100k", src=src, overwrite=True)
     assert [p.name for p in parent.iterdir()] == ["ds"]
     assert not (parent / "ds" / "marker").exists() and (parent / "ds" / "schema.json").exists()
+    assert not (parent / "ds" / "_grouped").exists()
 
 
 def test_ml10m_layout_without_users_file(tmp_path):
@@ -208,6 +208,7 @@ def test_ml10m_layout_without_users_file(tmp_path):
     schema = DatasetSchema.load(out)
     assert schema.user_features == () and (schema.num_users, schema.num_items) == (3, 6)
     assert pq.read_table(out / "users.parquet").column_names == ["user_idx", "user_id"]
+    assert stats["timestamp_min"] == 701 and stats["interactions"] == 8
     users, items = load_feature_tables(out)
     assert users == {} and items["genres"].shape == (6, 2)
     assert items["year_bucket"].tolist()[4] == 0  # "D" has no year

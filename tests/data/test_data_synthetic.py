@@ -1,22 +1,21 @@
-"""Synthetic generator: layout, planted structure, streaming consistency."""
+"""Synthetic generator (a source of the Ray Data prepare job): layout, planted structure, chunking."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from test_data_prepare import read_split
-from twotower.data.sequences import read_events_metadata
-from twotower.data.synthetic import BLOCK_USERS, prepare_synthetic
+from twotower.data.sequences import SEEN_COLUMN, SPLITS, cut_examples
 from twotower.data.tables import load_feature_tables
+from twotower.distributed.sources import prepare_synthetic
 from twotower.model.schema import DatasetSchema
 
 USERS, ITEMS, N = 2500, 400, 50_000
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +25,13 @@ def syn(tmp_path_factory) -> Path:
     return out
 
 
-def table(root: Path, split: str) -> pd.DataFrame:
-    """The examples of ``split`` (cut from the sequences), one row per interaction."""
-    return read_split(root, split)
+def table(root: Path, split: str) -> pa.Table:
+    """The examples of ``split`` (seen_items on valid/test) as a table."""
+    code = SPLITS.index(split)
+    ex = cut_examples(pq.read_table(root / "sequences"), code, DatasetSchema.load(root), with_seen=code > 0)
+    cols = {k: (pa.array([list(x) for x in v]) if getattr(v, "ndim", 1) > 1 or k == SEEN_COLUMN else v)
+            for k, v in ex.items()}
+    return pa.table(cols)
 
 
 def test_layout_and_counts(syn):
@@ -55,7 +58,7 @@ def test_layout_and_counts(syn):
 def test_planted_structure_is_measurable(syn):
     tu = pq.read_table(syn / "synthetic_truth_users.parquet")["cluster"].to_numpy()
     ti = pq.read_table(syn / "synthetic_truth_items.parquet").to_pandas()
-    train = table(syn, "train")
+    train = table(syn, "train").to_pandas()
     same = ti["cluster"].to_numpy()[train["item_idx"]] == tu[train["user_idx"]]
     n = np.bincount(train["user_idx"])
     per_user = (np.bincount(train["user_idx"], weights=same) / np.maximum(n, 1))[n > 0]
@@ -73,32 +76,29 @@ def test_planted_structure_is_measurable(syn):
 
 
 def test_sequences_history_and_seen(syn):
-    train = table(syn, "train")
+    train = table(syn, "train").to_pandas()
     assert (train.groupby("user_idx")["timestamp"].diff().dropna() > 0).all()
     hist = np.stack(train["history"].to_numpy())
     same_user = train["user_idx"].to_numpy()[1:] == train["user_idx"].to_numpy()[:-1]
     assert np.array_equal(hist[1:, 0][same_user], train["item_idx"].to_numpy()[:-1][same_user])
     assert (hist[1:, 0][~same_user] == 0).all() and hist[0, 0] == 0
-    test = table(syn, "test")
+    test = table(syn, "test").to_pandas()
     items_by_user = train.groupby("user_idx")["item_idx"].apply(set)
-    valid = table(syn, "valid").set_index("user_idx")["item_idx"]
+    valid = table(syn, "valid").to_pandas().set_index("user_idx")["item_idx"]
     for u, s in zip(test["user_idx"][:100], test["seen_items"][:100]):
         assert set(s) == items_by_user[u] | {valid[u]}
 
 
-def test_streaming_chunk_size_does_not_change_data(syn, tmp_path):
+def test_chunks_and_partitions_do_not_change_data(syn, tmp_path):
     out = tmp_path / "small_chunks"
-    stats = prepare_synthetic(out, USERS, ITEMS, N, seed=3, history_length=20, chunk_users=1,
-                              rows_per_file=7_000)
+    stats = prepare_synthetic(out, USERS, ITEMS, N, seed=3, history_length=20, chunk_users=1, block_rows=7_000)
     assert stats["rows"] == json.loads((syn / "stats.json").read_text())["rows"]
-    files = sorted((out / "sequences").iterdir())                # one file per chunk: one block of users here
-    events = [read_events_metadata(pq.read_schema(f).metadata) for f in files]
-    assert len(files) == -(-USERS // BLOCK_USERS) > 1
-    assert {s: sum(e[s] for e in events) for s in events[0]} == stats["rows"]
-    one = pq.read_table(syn / "sequences")
-    assert pa.concat_tables(pq.read_table(f) for f in files).equals(one)     # same rows, split over files
+    assert stats["partitions"] == -(-N // 7_000) and len(stats["files"]) == stats["partitions"]
+    assert stats["interaction_files"] == -(-USERS // 1024)          # one raw file per 1024-user block
     for split in ("train", "valid", "test"):
-        pd.testing.assert_frame_equal(table(out, split), table(syn, split))
+        a, b = table(out, split), table(syn, split)
+        order = lambda t: np.lexsort((t["timestamp"].to_numpy(), t["user_idx"].to_numpy()))  # noqa: E731
+        assert a.take(order(a)).equals(b.take(order(b))), split
     a, b = load_feature_tables(out), load_feature_tables(syn)
     assert all(np.array_equal(a[1][k], b[1][k]) for k in b[1])
 

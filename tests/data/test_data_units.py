@@ -1,17 +1,14 @@
-"""Unit tests: context features, title hashing, split helpers, part writer."""
+"""Unit tests: context features, title hashing, split helpers."""
 from __future__ import annotations
 
 import zlib
 from datetime import datetime, timezone
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from twotower.data import features as F
 from twotower.data.split import TEST, TRAIN, VALID, leave_last_out, temporal_cuts, temporal_split, user_chunks
-from twotower.data.writer import PartWriter
 
 TOKS = [389, 823, 775]  # "shawshank", "redemption", "the"
 
@@ -65,19 +62,3 @@ def test_split_helpers():
     assert np.bincount(temporal_split(np.arange(100), cuts)).tolist() == [70, 10, 20]
     with pytest.raises(ValueError):
         temporal_cuts(np.arange(10), 0.5, 0.5)
-
-
-def test_part_writer_files_and_row_groups(tmp_path):
-    schema = pa.schema([("x", pa.int32())])
-    w = PartWriter(tmp_path / "p", schema, rows_per_file=10, row_group_size=4)
-    for lo in range(0, 25, 3):
-        w.write(pa.table({"x": pa.array(np.arange(lo, min(lo + 3, 25)), pa.int32())}))
-    assert w.close() == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    groups = [[pq.ParquetFile(tmp_path / "p" / f).metadata.row_group(i).num_rows
-               for i in range(pq.ParquetFile(tmp_path / "p" / f).num_row_groups)]
-              for f in w.files]
-    assert groups == [[4, 4, 2], [4, 4, 2], [4, 1]]
-    assert pq.read_table(tmp_path / "p")["x"].to_pylist() == list(range(25))
-    empty = PartWriter(tmp_path / "e", schema)
-    assert empty.close() == ["part-00000.parquet"]
-    assert pq.read_table(tmp_path / "e" / "part-00000.parquet").num_rows == 0

@@ -16,13 +16,22 @@ from twotower.data.splits import (check_splits, cut_chunks, iter_split_examples,
 from twotower.model.schema import DatasetSchema
 
 
+pytestmark = pytest.mark.timeout(300)        # the dataset fixtures run the prepare job on Ray
+
+
+def _all_rows(ds) -> pa.Table:
+    """Every sequence row of a dataset, files in name order."""
+    return pa.concat_tables(pq.read_table(f) for f in sequence_files(ds))
+
+
 @pytest.fixture
 def three_files(synthetic_dataset, tmp_path):
     """A copy of the synthetic dataset with its sequences stored as three files."""
     out = shutil.copytree(synthetic_dataset, tmp_path / "ds")
     folder = out / "sequences"
-    rows = pq.read_table(folder / "part-00000.parquet")
-    (folder / "part-00000.parquet").unlink()
+    rows = _all_rows(out)
+    for f in folder.iterdir():
+        f.unlink()
     third = rows.num_rows // 3 + 1
     for k in range(3):
         write_sequence_file(rows.slice(k * third, third), str(folder / f"part-{k:05d}.parquet"), row_group_rows=100)
@@ -33,7 +42,7 @@ def test_rows_per_split_from_the_footers_equal_the_examples_cut(synthetic_datase
     for ds, expected in ((synthetic_dataset, {"train": 56_000, "valid": 2000, "test": 2000}),
                          (ml100k_dataset, {"train": 98_114, "valid": 943, "test": 943})):
         schema = DatasetSchema.load(ds)
-        rows = pq.read_table(ds / "sequences")
+        rows = _all_rows(ds)
         cut = {s: len(cut_examples(rows, c, schema)["item_idx"]) for c, s in enumerate(("train", "valid", "test"))}
         assert cut == expected == {s: split_num_rows(ds, s) for s in expected}
         files, counts, skipped = check_splits(ds, schema, ("train", "valid", "test"))
@@ -64,6 +73,10 @@ def test_missing_footer_metadata_or_column_is_named(three_files):
     good = [f for f in sequence_files(three_files) if f != str(bad)]
     assert files == {"train": good, "valid": good} and [b.path for b in skipped] == [str(bad)]
     assert counts["valid"] == sum(len(cut_examples(pq.read_table(f), 1, schema)["item_idx"]) for f in good) > 0
+    for f in good:
+        (three_files / "sequences" / f.rsplit("/", 1)[1]).write_bytes(b"garbage")
+    with pytest.raises(DataFormatError, match="no usable sequence file left"):
+        check_splits(three_files, schema, skip_bad_files=True)
 
 
 def test_required_columns_follow_the_schema():
@@ -80,7 +93,7 @@ def test_required_columns_follow_the_schema():
 
 def test_cut_chunks_and_batches_keep_every_example_in_order(three_files):
     schema = DatasetSchema.load(three_files)
-    rows = pq.read_table(three_files / "sequences")
+    rows = _all_rows(three_files)
     whole = cut_examples(rows, 0, schema)
     parts = list(cut_chunks(rows, 0, schema, max_entries=1000))
     assert len(parts) > 50 and all(len(p["item_idx"]) <= 1000 for p in parts)

@@ -38,7 +38,9 @@ def three_file_dataset(synthetic_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("three_files") / "synthetic"
     shutil.copytree(synthetic_dataset, out)
     folder = out / "sequences"
-    table = pq.read_table(folder / "part-00000.parquet")
+    table = pa.concat_tables(pq.read_table(f) for f in sorted(folder.iterdir()))
+    for f in folder.iterdir():
+        f.unlink()
     third = -(-table.num_rows // 3)
     for k in range(3):
         write_sequence_file(table.slice(k * third, third), str(folder / f"part-{k:05d}.parquet"),

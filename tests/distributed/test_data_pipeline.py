@@ -108,11 +108,11 @@ def test_weight_flows_through_to_the_training_batch(ray_cluster, synthetic_datas
     out = shutil.copytree(synthetic_dataset, tmp_path / "weighted")
     schema = dataclasses.replace(DatasetSchema.load(out), weighted=True)
     schema.save(out / "schema.json")
-    path = out / "sequences" / "part-00000.parquet"
-    rows = pq.read_table(path)
-    weight = pa.ListArray.from_arrays(rows["item_idx"].combine_chunks().offsets, pa.array(
-        pc.list_flatten(rows["item_idx"]).to_numpy() / 1000, pa.float32()))
-    write_sequence_file(rows.append_column("weight", weight).select(sequence_schema(schema).names), str(path))
+    for path in (out / "sequences").iterdir():
+        rows = pq.read_table(path)
+        weight = pa.ListArray.from_arrays(rows["item_idx"].combine_chunks().offsets, pa.array(
+            pc.list_flatten(rows["item_idx"]).to_numpy() / 1000, pa.float32()))
+        write_sequence_file(rows.append_column("weight", weight).select(sequence_schema(schema).names), str(path))
     shard = TwoTowerDataConfig().configure({"train": read_split(out, "train", schema, shuffle_seed=0)}, world_size=1,
                                            worker_handles=None, worker_node_ids=None)[0]["train"]
     batch = next(iter(iter_train_batches(shard, 256, seed=0, epoch=1, rank=0)))

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from twotower.data.sequences import cut_examples
-from twotower.data.splits import read_split_examples
+from twotower.data.splits import read_split_examples, sequence_files
 from twotower.data.tables import load_feature_tables
 from twotower.evaluation import evaluate, iter_split_batches
 from twotower.model.checkpoint import save_checkpoint
 from twotower.model.config import ModelConfig
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
+
+pytestmark = pytest.mark.timeout(300)        # the dataset fixtures run the prepare job on Ray
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,8 @@ def untrained_checkpoint(synthetic_dataset, tmp_path_factory):
 
 def test_reader_streams_every_example_with_padded_history_and_seen_lists(synthetic_dataset):
     schema = DatasetSchema.load(synthetic_dataset)
-    whole = cut_examples(pq.read_table(synthetic_dataset / "sequences"), 2, schema, with_seen=True)   # all at once
+    rows = pa.concat_tables(pq.read_table(f) for f in sequence_files(synthetic_dataset))
+    whole = cut_examples(rows, 2, schema, with_seen=True)                  # all at once
     rows, sizes = 0, []
     for batch, seen in iter_split_batches(synthetic_dataset, "test", schema, batch_size=300):
         n = len(batch["user_idx"])

@@ -1,7 +1,8 @@
 """The jobs run unchanged as submitted Ray jobs on a real two-node cluster (two raylets on one host).
 
 ``ray start --head`` + ``ray start --address`` (see ``cluster_helpers.py`` for how the cluster is isolated
-from the pytest session's own Ray runtime), then prepare -> train -> index -> evaluate submitted through
+from the pytest session's own Ray runtime), then prepare (a team's tables declared in a spec, both on the
+object store, hash-shuffled in 9 partitions across the nodes) -> train -> index -> evaluate submitted through
 the Job Submission API over HTTP with the repository as ``working_dir``, exactly as
 ``ray job submit --working-dir . -- <entrypoint>`` does. Training uses 2 workers with
 ``placement_strategy=SPREAD``; the state API must show its RayTrainWorker actors on both nodes.
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cluster_helpers import LocalCluster
 
@@ -48,6 +50,7 @@ def run_job(client, entrypoint: str, timeout: float) -> str:
 def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store):
     from ray.job_submission import JobSubmissionClient
 
+    from twotower.data.synthetic import write_synthetic_tables
     from twotower.evaluation import evaluate
     from twotower.index import Manifest, ShardedIndex
     from twotower import storage
@@ -61,8 +64,11 @@ def test_prepare_train_index_evaluate_as_jobs_on_two_nodes(s3_store):
         base = f"{s3_store}/two-node"
         data, runs, index, eval_json = f"{base}/data", f"{base}/runs", f"{base}/index", f"{base}/eval.json"
 
-        run_job(client, f"python -m twotower.jobs.prepare synthetic --users 300 --items 120 --interactions 9000 "
-                        f"--history-length 10 --out {data}", timeout=180)
+        tables, _ = write_synthetic_tables(f"{base}/tables", 300, 120, 9000, history_length=10, block_rows=1000)
+        storage.write_bytes(f"{base}/tables/spec.yaml", yaml.safe_dump(
+            tables.model_dump(mode="json", exclude_defaults=True)).encode())
+        logs = run_job(client, f"twotower prepare table --spec {base}/tables/spec.yaml --out {data}", timeout=240)
+        assert "group (1 files -> 9 partitions)" in logs
         logs = run_job(client, f"twotower train --dataset {data} --num-workers 2 --epochs 1 --out {runs} "
                                f"--run-name two-node batch_size=64 max_steps_per_epoch=4 hidden_dims=[16] "
                                f"eval_ks=[10] placement_strategy=SPREAD", timeout=420)
