@@ -10,13 +10,15 @@ are never interacted with (``train_count`` 0).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower.data.features import CONTEXT_FEATURES, context_features, hash_tokens
 from twotower.data.vocab import write_vocab
-from twotower.data.writer import SequenceWriter, write_json
+from twotower.data.writer import SequenceWriter
 from twotower.model.schema import DatasetSchema, Feature
 
 GROUP_SIZE, GROUPS, COLD = 8, 8, 2
@@ -155,6 +157,6 @@ def write_dataset(out, num_users: int = 40, per_user: int = 6, seed: int = 0) ->
                              "item_id": [""] + [f"i{i}" for i in range(1, NUM_ITEMS)], "title": it["title"],
                              "train_count": pa.array(it["train_count"].astype(np.int64)),
                              **{f.name: _column(f, it[f.name]) for f in ITEM}}), out / "items.parquet")
-    write_json(out / "stats.json", {"rows": writer.rows})
+    (out / "stats.json").write_text(json.dumps({"rows": writer.rows}))
     sch.save(out / "schema.json")
     return sch, {f.name: u[f.name] for f in USER}, {k: it[k] for k in [f.name for f in ITEM] + ["train_count"]}
