@@ -6,12 +6,16 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .schema import DatasetSchema
+from .schema import DatasetSchema, Feature
+
+WEIGHT = "weight"          # per-example sample weight (weighted datasets), float32 (B,)
 
 
 def batch_columns(schema: DatasetSchema) -> list[str]:
-    """Interaction columns the model reads: ids, history and every context feature, in a fixed order."""
-    return ["user_idx", "item_idx", "history"] + [f.name for f in schema.context_features]
+    """Example columns the model reads: ids, history, every context feature and, for a weighted schema,
+    ``weight``, in a fixed order."""
+    return (["user_idx", "item_idx", "history"] + [f.name for f in schema.context_features]
+            + ([WEIGHT] if schema.weighted else []))
 
 
 def pad_lists(column, length: int) -> np.ndarray:
@@ -51,8 +55,38 @@ def _scatter(values: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray
     return out
 
 
+def feature_column(f: Feature, column) -> np.ndarray:
+    """One feature's column of B rows in the model's dtype and shape (context columns, user-feature
+    overrides):
+
+    * categorical: int64 (B,); numeric / bucketized: float32 (B,) raw values (NaN = missing);
+    * multi_hot / hashed_bag: int64 (B, L), L = max(max_length, 1), :func:`pad_lists` (a 2-D int64 array
+      of width L is returned as it is);
+    * vector: float32 (B, dim) from a 2-D array or B rows of ``dim`` values (None = missing -> zeros).
+
+    Raises:
+        ValueError: a vector column whose rows do not have ``dim`` values (names the feature).
+    """
+    if f.kind == "categorical":
+        return np.asarray(column).astype(np.int64, copy=False)
+    if f.kind in ("numeric", "bucketized"):
+        return np.asarray(column).astype(np.float32, copy=False)
+    if f.kind in ("multi_hot", "hashed_bag"):
+        width = max(f.max_length, 1)
+        ok = isinstance(column, np.ndarray) and column.ndim == 2 and column.shape[1] == width
+        return column.astype(np.int64, copy=False) if ok else pad_lists(column, width)
+    if not (isinstance(column, np.ndarray) and column.ndim == 2):
+        column = [np.zeros(f.dim, np.float32) if r is None else np.asarray(r, np.float32) for r in column]
+        column = np.stack(column) if len(column) else np.zeros((0, f.dim), np.float32)
+    if column.shape[1] != f.dim:
+        raise ValueError(f"vector feature {f.name!r}: rows have {column.shape[1]} values, expected dim {f.dim}")
+    return column.astype(np.float32, copy=False)
+
+
 def to_numpy_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> dict[str, np.ndarray]:
-    """Cast a columnar batch to the model's dtypes: ids/categoricals int64, numerics float32, history (B, N).
+    """Cast a columnar batch to the model's dtypes: ids int64 (B,), history int64 (B, N), every context
+    feature by :func:`feature_column` (categorical int64 (B,), numeric / bucketized float32 (B,), multi_hot
+    int64 (B, L)), and ``weight`` float32 (B,) passed through when the batch has it.
 
     Raises:
         KeyError: a column the model needs is missing (names the column).
@@ -71,8 +105,9 @@ def to_numpy_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> di
     for f in schema.context_features:
         if f.name not in batch:
             raise KeyError(f"batch is missing context column {f.name!r}")
-        dtype = np.float32 if f.kind == "numeric" else np.int64
-        out[f.name] = np.asarray(batch[f.name]).astype(dtype, copy=False)
+        out[f.name] = feature_column(f, batch[f.name])
+    if WEIGHT in batch:
+        out[WEIGHT] = np.asarray(batch[WEIGHT]).astype(np.float32, copy=False)
     return out
 
 
@@ -89,5 +124,5 @@ def as_tensors(batch: Mapping[str, np.ndarray], device: torch.device | str = "cp
 def to_tensors(batch: Mapping[str, np.ndarray], schema: DatasetSchema,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """:func:`to_numpy_batch` then :func:`as_tensors`: raw columns -> model input tensors on ``device``.
-    Shapes: ids (B,), history (B, N), context (B,)."""
+    Shapes: ids (B,), history (B, N), context (B,) or (B, L) (multi_hot), weight (B,)."""
     return as_tensors(to_numpy_batch(batch, schema), device)

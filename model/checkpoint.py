@@ -157,16 +157,17 @@ def check_dataset(trained: DatasetSchema, dataset: DatasetSchema, *, checkpoint:
                   dataset_dir: str | Path) -> None:
     """The one checkpoint-vs-dataset check (train's ``resume_from``, evaluate, index, serve).
 
-    The model's ID tables and feature embeddings are sized by the schema it was trained on, so the
-    dataset must agree on ``num_users``, ``num_items``, ``history_length`` and every user, item and
-    context feature (name, kind, cardinality).
+    The model's ID tables and feature embeddings are sized by the schema it was trained on, and its
+    encoders standardise, bucketize and project with that schema's statistics, so the dataset must agree
+    on ``num_users``, ``num_items``, ``history_length`` and every user, item and context feature (name,
+    kind, cardinality, vector dim, numeric mean / std, bucket boundaries, source).
 
     Raises:
         IncompatibleDatasetError: naming the first field that differs, both values, the checkpoint and
             the dataset.
     """
     def features(s: DatasetSchema, group: str) -> list[tuple]:
-        return [(f.name, f.kind, f.cardinality) for f in getattr(s, group)]
+        return [(f.name, f.kind, f.cardinality, f.dim, f.mean, f.std, f.boundaries, f.source) for f in getattr(s, group)]
 
     for name in ("num_users", "num_items", "history_length"):
         ours, theirs = getattr(trained, name), getattr(dataset, name)
@@ -180,7 +181,7 @@ def check_dataset(trained: DatasetSchema, dataset: DatasetSchema, *, checkpoint:
             diff = sorted({f[0] for f in set(ours) ^ set(theirs)})
             raise IncompatibleDatasetError(
                 f"checkpoint {checkpoint} was trained on other {group} than {dataset_dir} has (differ in "
-                f"{diff}: name, kind or cardinality)")
+                f"{diff}: name, kind, cardinality, dim, mean/std, boundaries or source)")
 
 
 def _load_tensors(path: Path) -> dict:

@@ -1,7 +1,8 @@
-"""Feature encoders: categorical and bag embeddings, history pooling, context encoding.
+"""Feature encoders: one encoder per feature kind, history pooling, the tower MLPs.
 
-Every encoder maps a batch to a dense float32 tensor (B, out_dim); index 0 is unknown/padding and
-embeds to zero (``padding_idx=0``), so an unknown value contributes nothing.
+Every encoder maps a batch to a dense float32 tensor (B, out_dim). Index 0 is unknown/padding and
+embeds to zero (``padding_idx=0``), and every other "missing" value also contributes zero: NaN numeric
+values, NaN bucketized values (bucket 0) and all-zero vectors (the vector projection has no bias).
 """
 from __future__ import annotations
 
@@ -12,11 +13,29 @@ from .schema import Feature
 
 
 class FeatureEncoder(nn.Module):
-    """Embeds a list of categorical / multi_hot / hashed_bag / numeric features and concatenates them.
+    """Encodes a list of features of any kind (``twotower.model.schema.Feature``) and concatenates them.
 
-    Input: ``values[name]`` is (B,) int64 for categorical, (B, L) int64 for bags (0-padded), (B,) float32
-    for numeric. Output: (B, out_dim) float32, with ``dim`` per embedded feature and 1 per numeric one.
-    Bags are mean-pooled over their non-zero entries (``nn.EmbeddingBag(mode="mean", padding_idx=0)``).
+    Per kind, input ``values[name]`` -> output columns (``dim`` = ``feature_embedding_dim``):
+
+    * ``categorical``: (B,) int64 index -> ``nn.Embedding(cardinality, dim, padding_idx=0)``: dim.
+    * ``numeric``: (B,) float32 raw value x -> ``(x - mean) / std`` with the Feature's ``mean`` / ``std``
+      (train statistics, so the tower sees unit-scale inputs); NaN (missing) -> 0 after standardising,
+      i.e. the mean: 1 column.
+    * ``bucketized``: (B,) float32 raw value x -> bucket ``1 + #{b in boundaries: b <= x}`` =
+      ``1 + torch.bucketize(x, boundaries, right=True)`` (``numpy.searchsorted(boundaries, x, "right") + 1``;
+      x equal to a boundary goes to the bucket above it; compared in float32, the stored dtype), NaN ->
+      bucket 0, embedded by ``nn.Embedding(len(boundaries) + 2, dim, padding_idx=0)``: dim. The
+      boundaries are a non-persistent buffer ``boundaries_<name>`` (rebuilt from the schema that every
+      checkpoint stores; moves with ``.to(device)``).
+    * ``multi_hot`` / ``hashed_bag``: (B, L) int64 indices, 0-padded -> mean of the embeddings of the
+      non-zero entries (``nn.EmbeddingBag(mode="mean", padding_idx=0)``; all padding -> zeros): dim.
+    * ``vector``: (B, dim_f) float32 (e.g. a pretrained content embedding) -> ``nn.Linear(dim_f, dim,
+      bias=False)``: dim. A learned projection rather than the raw values: every feature enters the MLP
+      with the same width whatever ``dim_f`` is (a 512-d image embedding would otherwise dwarf the other
+      inputs), and with no bias a missing vector (zeros) contributes zero like an unknown index.
+
+    Output: (B, out_dim) float32 in feature order; ``out_dim`` = dim per non-numeric feature + 1 per
+    numeric one. Raises KeyError (naming the feature) when ``values`` lacks a feature.
     """
 
     def __init__(self, features: tuple[Feature, ...] | list[Feature], dim: int):
@@ -25,23 +44,43 @@ class FeatureEncoder(nn.Module):
         self.embeddings = nn.ModuleDict()
         self.out_dim = 0
         for f in self.features:
-            if f.kind == "categorical":
+            if f.kind == "numeric":
+                self.out_dim += 1
+                continue
+            if f.kind in ("categorical", "bucketized"):
                 self.embeddings[f.name] = nn.Embedding(f.cardinality, dim, padding_idx=0)
-                self.out_dim += dim
             elif f.kind in ("multi_hot", "hashed_bag"):
                 self.embeddings[f.name] = nn.EmbeddingBag(f.cardinality, dim, mode="mean", padding_idx=0)
-                self.out_dim += dim
-            else:
-                self.out_dim += 1
+            else:                                                              # vector
+                self.embeddings[f.name] = nn.Linear(f.dim, dim, bias=False)
+            if f.kind == "bucketized":
+                self.register_buffer(f"boundaries_{f.name}", torch.tensor(f.boundaries, dtype=torch.float32),
+                                     persistent=False)
+            self.out_dim += dim
+
+    def bucket(self, f: Feature, x: torch.Tensor) -> torch.Tensor:
+        """Bucket indices (B,) int64 of raw values x (B,) of bucketized feature ``f`` (see the class docstring)."""
+        x = x.float()
+        b = torch.bucketize(x, getattr(self, f"boundaries_{f.name}"), right=True) + 1
+        return torch.where(torch.isnan(x), torch.zeros_like(b), b)
+
+    def encode(self, f: Feature, v: torch.Tensor) -> torch.Tensor:
+        """One feature's columns: (B, 1) for numeric, (B, dim) otherwise."""
+        if f.kind == "numeric":
+            z = (v.float() - f.mean) / f.std
+            return torch.where(torch.isnan(z), torch.zeros_like(z), z).unsqueeze(-1)
+        if f.kind == "bucketized":
+            return self.embeddings[f.name](self.bucket(f, v))
+        if f.kind == "vector":
+            return self.embeddings[f.name](v.float())
+        return self.embeddings[f.name](v.long())
 
     def forward(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         for f in self.features:
-            v = values[f.name]
-            if f.kind == "numeric":
-                parts.append(v.float().unsqueeze(-1))
-            else:
-                parts.append(self.embeddings[f.name](v.long()))
+            if f.name not in values:
+                raise KeyError(f"feature {f.name!r} ({f.kind}) is missing from the batch")
+            parts.append(self.encode(f, values[f.name]))
         if not parts:
             return torch.zeros(0)
         return torch.cat(parts, dim=-1)

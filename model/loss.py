@@ -22,7 +22,18 @@ drops the term. ``scoring_layer`` mode adds the same softmax over the head's sco
 
 Baseline ``loss="bce"``: pointwise binary cross-entropy on <q_i, v_i>/temperature (label 1) and on
 ``num_negatives`` uniformly sampled items per positive (label 0; a sample equal to the positive is
-ignored).
+ignored), averaged per query over its valid terms:
+
+    l_i = (softplus(-s_ii) + sum_k valid_ik softplus(s_ik)) / (1 + sum_k valid_ik)
+
+Sample weights (weighted datasets: ``batch["weight"]``, w_i >= 0 per example, (B,) float32): every
+per-query loss above (the softmax term, the BCE l_i, and the ``scoring_layer`` head's softmax term) is
+reduced by the weighted mean
+
+    loss = sum_i w_i l_i / sum_i w_i          (the plain mean when the batch has no ``weight``)
+
+over this worker's B rows (with several workers, DDP averages the workers' gradients; 0 when every
+weight is 0).
 """
 from __future__ import annotations
 
@@ -54,9 +65,18 @@ def log_q(item_prob: torch.Tensor, item_idx: torch.Tensor, batch_positives: int,
     return torch.log(q.clamp(min=1e-12))
 
 
+def weighted_mean(per_query: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """sum_i w_i l_i / sum_i w_i of per-query losses (B,) with weights (B,) (w_i >= 0); the plain mean
+    when ``weight`` is None. Returns a scalar (0 when every weight is 0)."""
+    if weight is None:
+        return per_query.mean()
+    w = weight.to(per_query.dtype)
+    return (w * per_query).sum() / w.sum().clamp(min=torch.finfo(per_query.dtype).tiny)
+
+
 def sampled_softmax_loss(query: torch.Tensor, candidates: torch.Tensor, candidate_idx: torch.Tensor,
                          labels: torch.Tensor, temperature: float, candidate_log_q: torch.Tensor | None,
-                         mask_accidental_hits: bool) -> torch.Tensor:
+                         mask_accidental_hits: bool, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy of each query over a shared candidate set.
 
     Args:
@@ -64,7 +84,8 @@ def sampled_softmax_loss(query: torch.Tensor, candidates: torch.Tensor, candidat
         labels: (B,) int64 column of each row's positive in ``candidates``.
         temperature: logits are divided by it. candidate_log_q: (C,) float32 log Q_j or None (no correction).
         mask_accidental_hits: set logit[i, j] = -inf where candidate j is row i's item but j != labels[i].
-    Returns: scalar mean loss.
+        weight: (B,) float32 sample weights or None.
+    Returns: scalar :func:`weighted_mean` of the per-query losses.
     """
     logits = query @ candidates.T / temperature                                      # (B, C)
     if candidate_log_q is not None:
@@ -74,28 +95,31 @@ def sampled_softmax_loss(query: torch.Tensor, candidates: torch.Tensor, candidat
         hit = candidate_idx.unsqueeze(0) == positive_idx.unsqueeze(1)                 # (B, C)
         hit[torch.arange(len(labels), device=labels.device), labels] = False
         logits = logits.masked_fill(hit, NEG_INF)
-    return F.cross_entropy(logits, labels)
+    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
 
 
 def head_softmax_loss(head_logits: torch.Tensor, head_candidates: torch.Tensor,
-                      mask_accidental_hits: bool) -> torch.Tensor:
-    """``scoring_layer``: softmax over head scores (B, C) with the positive in column 0."""
+                      mask_accidental_hits: bool, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``scoring_layer``: softmax over head scores (B, C) with the positive in column 0; candidates (B, C)
+    int64; weight (B,) or None. Returns the scalar :func:`weighted_mean` of the per-query losses."""
     if mask_accidental_hits:
         hit = head_candidates == head_candidates[:, :1]
         hit[:, 0] = False
         head_logits = head_logits.masked_fill(hit, NEG_INF)
-    return F.cross_entropy(head_logits, torch.zeros(len(head_logits), dtype=torch.long, device=head_logits.device))
+    labels = torch.zeros(len(head_logits), dtype=torch.long, device=head_logits.device)
+    return weighted_mean(F.cross_entropy(head_logits, labels, reduction="none"), weight)
 
 
 def bce_loss(query: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, item_idx: torch.Tensor,
-             negative_idx: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Pointwise BCE: query (B, D), items (B, D), negatives (B, K, D), indices (B,), (B, K) -> scalar."""
+             negative_idx: torch.Tensor, temperature: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pointwise BCE (module docstring): query (B, D), items (B, D), negatives (B, K, D), indices (B,),
+    (B, K), weight (B,) or None -> scalar :func:`weighted_mean` of the per-query l_i."""
     pos = (query * items).sum(-1) / temperature                                       # (B,)
     neg = torch.einsum("bd,bkd->bk", query, negatives) / temperature                  # (B, K)
     valid = (negative_idx != item_idx.unsqueeze(1)).float()
-    pos_loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
-    neg_loss = (F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="none") * valid).sum()
-    return (pos_loss + neg_loss) / (pos.numel() + valid.sum().clamp(min=1.0))
+    pos_loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
+    neg_loss = (F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="none") * valid).sum(1)
+    return weighted_mean((pos_loss + neg_loss) / (1.0 + valid.sum(1)), weight)
 
 
 def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Callable | None = None, rank: int = 0,
@@ -103,7 +127,8 @@ def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Calla
     """One training step's loss for ``model`` (a TwoTowerModel, possibly DDP-wrapped) on ``batch``.
 
     Args:
-        batch: model input tensors (see TwoTowerModel); B rows.
+        batch: model input tensors (see TwoTowerModel); B rows; ``weight`` (B,) float32 when the dataset
+            is weighted (the module docstring's weighted mean).
         gather: optional ``f(t) -> cat of t over all workers`` (dim 0) keeping the local gradient; when given,
             in-batch negatives come from every worker (all workers must use the same B).
         rank: this worker's rank; its rows sit at ``rank * B`` in gathered tensors.
@@ -111,15 +136,15 @@ def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Calla
     """
     core = getattr(model, "module", model)
     cfg, num_items = core.cfg, core.schema.num_items
-    item_idx = batch["item_idx"]
+    item_idx, weight = batch["item_idx"], batch.get("weight")
     b, m = len(item_idx), cfg.num_negatives
     device = item_idx.device
     if cfg.loss == "bce":
         neg_idx = torch.randint(1, num_items, (b, max(m, 1)), generator=generator).to(device)
         out = model(batch, extra_item_idx=neg_idx.reshape(-1))
         loss = bce_loss(out.query, out.items, out.extra_items.reshape(b, -1, out.items.shape[-1]), item_idx,
-                        neg_idx, cfg.temperature)
-        return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()})
+                        neg_idx, cfg.temperature, weight)
+        return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()}, weight)
 
     extra_idx = torch.randint(1, num_items, (m,), generator=generator).to(device) if m > 0 else None
     out = model(batch, extra_item_idx=extra_idx)
@@ -132,14 +157,14 @@ def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Calla
     cand_log_q = log_q(core.item_prob, cand_idx, batch_positives, m, num_items) if cfg.logq_correction else None
     labels = torch.arange(b, device=device) + offset
     loss = sampled_softmax_loss(out.query, cand, cand_idx, labels, cfg.temperature, cand_log_q,
-                                cfg.mask_accidental_hits)
-    return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()})
+                                cfg.mask_accidental_hits, weight)
+    return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()}, weight)
 
 
-def _add_head_loss(loss: torch.Tensor, out, cfg, logs: dict[str, float]) -> LossOutput:
-    """Total = retrieval loss + (scoring_layer only) the head's softmax loss."""
+def _add_head_loss(loss: torch.Tensor, out, cfg, logs: dict[str, float], weight: torch.Tensor | None) -> LossOutput:
+    """Total = retrieval loss + (scoring_layer only) the head's softmax loss, both weighted by ``weight``."""
     if out.head_logits is not None:
-        head = head_softmax_loss(out.head_logits, out.head_candidates, cfg.mask_accidental_hits)
+        head = head_softmax_loss(out.head_logits, out.head_candidates, cfg.mask_accidental_hits, weight)
         logs["head_loss"] = head.item()
         loss = loss + head
     logs["loss"] = loss.item()

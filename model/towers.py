@@ -6,29 +6,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch import pad_lists
+from .batch import feature_column
 from .config import ModelConfig
 from .embeddings import id_embedding
 from .features import FeatureEncoder, HistoryPooling, mlp
 from .schema import DatasetSchema, Feature
 
 
+def table_spec(f: Feature) -> tuple[tuple[int, ...], torch.dtype]:
+    """Per-row shape and dtype of feature ``f``'s table: categorical () int64; numeric / bucketized ()
+    float32 (raw values, NaN = missing); vector (dim,) float32; multi_hot / hashed_bag (max_length,) int64."""
+    if f.kind == "categorical":
+        return (), torch.int64
+    if f.kind in ("numeric", "bucketized"):
+        return (), torch.float32
+    if f.kind == "vector":
+        return (f.dim,), torch.float32
+    return (max(f.max_length, 1),), torch.int64
+
+
 def _register_table(module: nn.Module, features: tuple[Feature, ...], rows: int,
                     table: dict[str, np.ndarray] | None) -> None:
-    """Register each feature column as a buffer ``table_<name>`` (int64, (rows,) or (rows, max_length)).
+    """Register each feature column as a buffer ``table_<name>`` of shape (rows, *row shape) and dtype of
+    :func:`table_spec` (numeric / bucketized: raw float32 values, standardised / bucketized by the
+    encoder; vector: float32 (rows, dim), missing rows zeros; lists: int64 (rows, max_length), 0-padded).
 
     The tables travel inside the state dict, so a checkpoint is self-contained for indexing and serving.
     With ``table=None`` the buffers are zeros of the right shape (to be filled by ``load_state_dict``).
+
+    Columns are converted by :func:`twotower.model.batch.feature_column` (a vector column may be rows
+    of ``dim`` values, None for missing).
+
+    Raises:
+        ValueError: a column of the wrong shape (names the feature, the shape and the expected one).
     """
     for f in features:
-        shape = (rows,) if f.kind in ("categorical", "numeric") else (rows, max(f.max_length, 1))
-        dtype = torch.float32 if f.kind == "numeric" else torch.int64
+        row_shape, dtype = table_spec(f)
+        shape = (rows, *row_shape)
         value = torch.zeros(shape, dtype=dtype)
         if table is not None:
-            arr = np.asarray(table[f.name])
-            if arr.ndim == 2 and arr.shape[1] != shape[1]:
-                arr = pad_lists(arr, shape[1])
-            arr = torch.as_tensor(arr, dtype=dtype)
+            arr = torch.as_tensor(feature_column(f, table[f.name]), dtype=dtype)
             if tuple(arr.shape) != shape:
                 raise ValueError(f"feature table {f.name!r} has shape {tuple(arr.shape)}, expected {shape}")
             value = arr
@@ -42,6 +59,17 @@ def _lookup(module: nn.Module, features: tuple[Feature, ...], idx: torch.Tensor,
             for f in features}
 
 
+def zero_cold_rows(embedding: nn.Embedding, train_count: np.ndarray) -> None:
+    """Zero the rows of ``embedding`` (one row per item) whose ``train_count`` (num_items,) is 0.
+
+    Only the initial value: a cold item drawn as an extra uniform negative (``num_negatives``) still gets
+    gradient steps during training, like any negative.
+    """
+    cold = torch.as_tensor(np.flatnonzero(np.asarray(train_count) == 0), dtype=torch.int64)
+    with torch.no_grad():
+        embedding.weight[cold] = 0.0
+
+
 class ItemTower(nn.Module):
     """item_idx (M,) int64 -> item representation (M, D) float32.
 
@@ -50,6 +78,11 @@ class ItemTower(nn.Module):
     used by the user tower to embed the history, so both towers speak of items in one space. It has one
     row per item, or ``cfg.item_id_buckets`` hashed rows (``twotower.model.embeddings``), and gives
     sparse gradients when ``cfg.sparse_id_embeddings``; likewise the user tower's with ``user_id_buckets``.
+
+    Cold items (``item_table["train_count"] == 0``: in the catalogue, never trained on) start with a zero ID
+    row (:func:`zero_cold_rows`), so their representation comes from their features, not from a random
+    vector no gradient of a positive ever moved. Hashed ID tables (``item_id_buckets``) are left alone:
+    their rows are shared with trained items.
     """
 
     def __init__(self, schema: DatasetSchema, cfg: ModelConfig, item_table: dict[str, np.ndarray] | None):
@@ -57,6 +90,8 @@ class ItemTower(nn.Module):
         self.features = schema.item_features
         self.id_embedding = id_embedding(schema.num_items, cfg.item_embedding_dim, cfg.item_id_buckets,
                                          cfg.sparse_id_embeddings)
+        if item_table is not None and "train_count" in item_table and cfg.item_id_buckets is None:
+            zero_cold_rows(self.id_embedding, np.asarray(item_table["train_count"]))
         self.encoder = FeatureEncoder(self.features, cfg.feature_embedding_dim)
         _register_table(self, self.features, schema.num_items, item_table)
         self.mlp = mlp(cfg.item_embedding_dim + self.encoder.out_dim, cfg.hidden_dims, cfg.final_embedding_dim,

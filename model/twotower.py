@@ -49,7 +49,11 @@ class TwoTowerModel(nn.Module):
             ``load_state_dict``. ``item_table["train_count"]`` (num_items,) sets the logQ buffer ``log_q``.
 
     Batches are dicts of tensors: ``user_idx`` (B,) int64, ``item_idx`` (B,) int64, ``history`` (B, N)
-    int64 and one (B,) tensor per context feature (float32 numeric, int64 categorical).
+    int64, one tensor per context feature (numeric / bucketized (B,) float32 raw values, categorical (B,)
+    int64, multi_hot (B, L) int64; see ``twotower.model.batch.feature_column``), optionally ``weight``
+    (B,) float32 (read by the loss only) and, per user feature, an override of the user table's value in
+    the same per-kind dtype (cold start). Every feature kind is encoded by
+    ``twotower.model.features.FeatureEncoder``.
     """
 
     def __init__(self, schema: DatasetSchema, cfg: ModelConfig, user_table: dict[str, np.ndarray] | None = None,

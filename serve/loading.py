@@ -4,7 +4,8 @@ Each serving process reads ``checkpoint.json`` once (:func:`twotower.model.check
 and passes the :class:`~twotower.model.checkpoint.CheckpointInfo` on:
 
 * :func:`load_serving_state` (ingress): schema, context mode and model version from the info alone (no
-  weights), plus the user state and catalogue of the dataset.
+  weights), plus the user state (with the vocabularies of categorical and multi_hot user features),
+  the catalogue and the context vocabularies of the dataset.
 * :func:`load_encoder` (query encoder): the model weights and, in ``trilinear`` / ``scoring_layer``
   mode, the per-user table (loaded from ``user_cache`` or built from the dataset's user state).
 
@@ -17,6 +18,7 @@ import logging
 from pathlib import Path
 
 from twotower import storage
+from twotower.data.vocab import read_vocab
 from twotower.model.checkpoint import CheckpointInfo, check_dataset, load_checkpoint
 from twotower.model.config import ContextMode
 from twotower.model.schema import DatasetSchema
@@ -57,8 +59,12 @@ def load_serving_state(info: CheckpointInfo, dataset: str | Path | None = None) 
     """
     root = resolve_dataset(info, dataset)
     cfg = info.model_config
+    users = UserState.load(root, info.schema)
+    for f in info.schema.user_features:         # multi_hot values are raw values too (UserState.load reads
+        if f.kind == "multi_hot" and f.name not in users.feature_vocabs:          # the categorical vocabularies)
+            users.feature_vocabs[f.name] = read_vocab(root, f.name)
     return ServingState(schema=info.schema, mode=ContextMode(cfg.context_mode), model_version=info.model_version,
-                        users=UserState.load(root, info.schema), catalogue=Catalogue.load(root),
+                        users=users, catalogue=Catalogue.load(root),
                         context_vocabs=context_vocabs(info.schema, root), rerank_depth=cfg.rerank_depth)
 
 

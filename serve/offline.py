@@ -173,13 +173,15 @@ class Recommender:
 
     def recommend(self, user_id: str | int, context: Mapping[str, Any] | None = None, k: int = 10,
                   exclude_seen: bool = True, exclude_items: Sequence[str | int] | None = None,
-                  user_features: Mapping[str, str | int] | None = None) -> RecommendResponse:
+                  user_features: Mapping[str, Any] | None = None) -> RecommendResponse:
         """``POST /v1/recommend`` in this process (fields as in :class:`~.schema.RecommendRequest`).
 
         Args:
             user_id: raw user id; unknown ids take the cold-start path (``user_features``, else popularity).
-            context: named context fields and/or ``timestamp`` (unix s, UTC); None: the current time.
+            context: named context fields and/or ``timestamp`` (unix s, UTC); None: the current time (only
+                for a model without stored context fields, which must always be given).
             k: 1..1000. exclude_seen: drop every item of the user's history. exclude_items: raw item ids.
+            user_features: cold-start raw values by kind (``GET /v1/model``'s ``user_feature_schema``).
         Returns:
             RecommendResponse: ``items`` (item_id, score float, title) best first (score desc, ties by
             ascending item index), ``path``, ``cold_start_strategy``, versions, resolved ``context``.

@@ -6,8 +6,9 @@
 * ``scoring_layer``: query = user_rep (dot-product candidates), then :meth:`QueryEncoder.rerank`
   scores candidates with the head MLP([u, v, u*v, ctx]).
 
-Cold start: user index 0 (out of vocabulary, embeds to zero), the request's features as user-feature
-overrides (missing ones 0 = unknown), an empty history unless given.
+Cold start: user index 0 (out of vocabulary, embeds to zero), the request's features of every kind as
+user-feature overrides (a feature not given is missing: :func:`twotower.serve.values.missing`), an
+empty history unless given.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from twotower.model.batch import pad_lists
+from twotower.model.batch import feature_column, pad_lists
 from twotower.model.config import ContextMode
 from twotower.model.twotower import TwoTowerModel
 
 from .context import context_batch
+from .values import missing
 
 
 @dataclass
@@ -29,14 +31,15 @@ class QueryInput:
     """One request, resolved.
 
     user_idx: user index (0 = unknown). history: int64 (N,) most recent first, 0-padded.
-    context: {context feature: float | int index} (see :func:`twotower.serve.context.resolve_context`).
-    user_features: {user feature: index} overrides for unknown users (None for known users).
+    context: {context feature: model value} (see :func:`twotower.serve.context.resolve_context`).
+    user_features: {user feature: model value} overrides for unknown users (None for known users; see
+        :meth:`twotower.serve.user_state.UserState.encode_user_features`).
     """
 
     user_idx: int
     history: np.ndarray
-    context: Mapping[str, float | int]
-    user_features: Mapping[str, int] | None = field(default=None)
+    context: Mapping[str, object]
+    user_features: Mapping[str, object] | None = field(default=None)
 
 
 class QueryEncoder:
@@ -65,19 +68,19 @@ class QueryEncoder:
             self.item_embeddings = model.all_item_embeddings()          # (num_items, D), row 0 unknown
 
     def _batch(self, inputs: Sequence[QueryInput]) -> dict[str, torch.Tensor]:
-        """Model input tensors; user features are always passed as overrides (table values for known
-        users, request values for cold-start rows) so one batch can mix both."""
+        """Model input tensors; every user feature is passed as an override (table values for known users,
+        request values for cold-start rows, :func:`~twotower.model.batch.feature_column` dtypes) so one
+        batch can mix both."""
         user_idx = torch.as_tensor([int(q.user_idx) for q in inputs], dtype=torch.int64)
         hist = pad_lists([q.history for q in inputs], self.schema.history_length)
         batch = {"user_idx": user_idx, "item_idx": torch.zeros_like(user_idx), "history": torch.from_numpy(hist)}
         batch.update({k: torch.from_numpy(v) for k, v in context_batch([q.context for q in inputs], self.schema).items()})
+        cold = [r for r, q in enumerate(inputs) if q.user_features is not None]
         for f in self.schema.user_features:
-            if f.kind != "categorical":
-                continue
             col = getattr(self.model.user_tower, f"table_{f.name}")[user_idx].clone()
-            for r, q in enumerate(inputs):
-                if q.user_features is not None:
-                    col[r] = int(q.user_features.get(f.name, 0))
+            if cold:
+                given = [inputs[r].user_features.get(f.name, missing(f)) for r in cold]
+                col[cold] = torch.as_tensor(feature_column(f, given), dtype=col.dtype)
             batch[f.name] = col
         return batch
 

@@ -27,6 +27,7 @@ from .query import QueryInput
 from .schema import (RecommendPath, RecommendRequest, RecommendResponse, RequestError, ScoredItem,
                      SimilarItemsRequest, SimilarItemsResponse)
 from .user_state import UserState
+from .values import informative
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Plan:
     k: int
     path: RecommendPath
     strategy: str | None
-    context: dict[str, float | int]
+    context: dict[str, object]
     exclude: np.ndarray
     query: QueryInput | None
 
@@ -75,7 +76,8 @@ def plan_recommend(req: RecommendRequest, state: ServingState, now: float | None
         query = QueryInput(user_idx, state.users.history(user_idx), context)
         return Plan(req.user_id, req.k, "model", None, context, np.union1d(seen, extra), query)
     feats = state.users.encode_user_features(req.user_features)
-    if any(v > 0 for v in feats.values()):
+    kinds = {f.name: f for f in state.schema.user_features}
+    if any(informative(kinds[name], v) for name, v in feats.items()):
         query = QueryInput(0, np.zeros(state.schema.history_length, np.int64), context, feats)
         return Plan(req.user_id, req.k, "cold_start", "user_features", context, np.unique(extra), query)
     return Plan(req.user_id, req.k, "cold_start", "popularity", context, np.unique(extra), None)

@@ -18,8 +18,10 @@ from . import recommender
 from .contract import recommend_examples, request_models, similar_examples
 from .http import create_api
 from .recommender import ServingState
-from .schema import (ContextField, ErrorBody, Health, IndexSummary, ModelInfo, RecommendResponse, ShardHealth,
+from .context import derived_features
+from .schema import (ErrorBody, FeatureField, Health, IndexSummary, ModelInfo, RecommendResponse, ShardHealth,
                      ShardStatus, SimilarItemsResponse)
+from .user_state import MAX_ENUM
 
 _ERRORS = {
     404: ("Unknown `item_id`.", {"error": "not_found", "message": "item_id: unknown item 'no-such-item'",
@@ -47,17 +49,28 @@ def error_responses(*codes: int) -> dict:
     return out
 
 
+def feature_field(f, vocab: dict[str, int] | None, max_values: int | None = None) -> FeatureField:
+    """A feature as ``GET /v1/model`` describes it; ``values``: the vocabulary of a categorical / multi_hot
+    feature (None without one, or when it has more than ``max_values``)."""
+    listed = vocab is not None and f.kind in ("categorical", "multi_hot") and (
+        max_values is None or len(vocab) <= max_values)
+    return FeatureField(name=f.name, kind=f.kind, cardinality=f.cardinality, max_length=f.max_length, dim=f.dim,
+                        values=sorted(vocab, key=vocab.get) if listed else None, source=f.source,
+                        boundaries=list(f.boundaries) if f.kind == "bucketized" else None)
+
+
 def model_info(state: ServingState, statuses: list[dict]) -> ModelInfo:
-    """``GET /v1/model``: the model's version, context mode and schema, and the index the shards report."""
+    """``GET /v1/model``: the model's version, context mode, context fields and user features (kinds and
+    accepted values), and the index the shards report."""
     index = next((st["index"] for st in statuses if st.get("index")), None) or {}
-    vocabs = state.context_vocabs
-    fields = [ContextField(name=f.name, kind=f.kind, cardinality=f.cardinality,
-                           values=sorted(vocabs[f.name], key=vocabs[f.name].get) if f.name in vocabs else None)
-              for f in state.schema.context_features]
+    schema, user_vocabs = state.schema, state.users.feature_vocabs
+    fields = [feature_field(f, state.context_vocabs.get(f.name)) for f in schema.context_features]
+    users = [feature_field(f, user_vocabs.get(f.name), MAX_ENUM) for f in schema.user_features]
     shards = [ShardStatus(**{k: v for k, v in st.items() if k in ShardStatus.model_fields}) for st in statuses]
     return ModelInfo(model_version=state.model_version, context_mode=state.mode.value, context_schema=fields,
-                     user_features=[f.name for f in state.schema.user_features], num_users=state.schema.num_users,
-                     num_items=state.schema.num_items, history_length=state.schema.history_length,
+                     accepts_timestamp=bool(derived_features(schema)), user_features=[f.name for f in users],
+                     user_feature_schema=users, num_users=schema.num_users, num_items=schema.num_items,
+                     history_length=schema.history_length,
                      index=IndexSummary(**{**index, "num_shards": len(statuses), "shards": shards}))
 
 

@@ -45,6 +45,16 @@ def _scalar(value: object) -> object:
     raise ValueError(f"must be a number, boolean or string, got {type(value).__name__}")
 
 
+def _value(value: object) -> object:
+    if isinstance(value, list):
+        for x in value:
+            _scalar(x)
+        return value
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"must be a number, boolean, string or a list of them, got {type(value).__name__}")
+
+
 def raw_id(value: object) -> str:
     """A raw id (user, item, feature value) as the string it is looked up by: a string with a
     non-whitespace character (stripped), or an integer (``50`` and ``50.0`` are ``"50"``).
@@ -64,8 +74,11 @@ def raw_id(value: object) -> str:
 
 
 # one validator (one error, located at the field) instead of a union's error per member type
-Scalar = Annotated[Union[bool, int, float, str], PlainValidator(_scalar),
-                   WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]})]
+_SCALAR_SCHEMA = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+Scalar = Annotated[Union[bool, int, float, str], PlainValidator(_scalar), WithJsonSchema(_SCALAR_SCHEMA)]
+# a feature value: a scalar, or a list of scalars (multi_hot values, vectors); checked per kind later
+FeatureValue = Annotated[Union[bool, int, float, str, list], PlainValidator(_value),
+                         WithJsonSchema({"anyOf": [*_SCALAR_SCHEMA["anyOf"], {"type": "array", "items": _SCALAR_SCHEMA}]})]
 RawId = Annotated[str, PlainValidator(raw_id), WithJsonSchema(RAW_ID_SCHEMA)]
 JsonInt = Annotated[int, BeforeValidator(_integral), Strict()]     # 10 and 10.0; not "10", true or 10.5
 
@@ -107,18 +120,19 @@ class RecommendRequest(BaseModel):
         k: number of items to return, 1..1000.
         exclude_seen: leave out every item the user interacted with (all splits of the dataset).
         exclude_items: raw item ids to leave out as well (unknown ids are ignored).
-        user_features: raw user feature values (``{"gender": "F", "age_bucket": "25"}``) used only for
-            unknown users (cold start); values not in the feature's vocabulary count as unknown.
+        user_features: raw user feature values (``{"gender": "F", "age_bucket": "25"}``; numbers for numeric
+            and bucketized features, lists for multi_hot, a text for hashed_bag, ``dim`` numbers for vector)
+            used only for unknown users (cold start); values not in the feature's vocabulary count as unknown.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     user_id: RawId
-    context: dict[str, Scalar] | None = None
+    context: dict[str, FeatureValue] | None = None
     k: JsonInt = Field(10, ge=1, le=MAX_K)
     exclude_seen: StrictBool = True
     exclude_items: list[RawId] = Field(default_factory=list, max_length=MAX_EXCLUDE_ITEMS)
-    user_features: dict[str, Scalar] | None = None
+    user_features: dict[str, FeatureValue] | None = None
 
 
 class SimilarItemsRequest(BaseModel):
@@ -155,7 +169,7 @@ class RecommendResponse(BaseModel):
     cold_start_strategy: Literal["user_features", "popularity"] | None = None
     model_version: str
     index_version: str | None = None
-    context: dict[str, float | int] = Field(default_factory=dict)
+    context: dict[str, float | int | list[int] | list[float]] = Field(default_factory=dict)
 
 
 class SimilarItemsResponse(BaseModel):
@@ -165,14 +179,27 @@ class SimilarItemsResponse(BaseModel):
     index_version: str
 
 
-class ContextField(BaseModel):
-    """One context field: ``kind`` numeric (float) or categorical (integer index 1..cardinality-1 or a
-    raw value from ``values``)."""
+class FeatureField(BaseModel):
+    """One context field or user feature a request may give: its ``kind`` and what it takes.
+
+    ``numeric`` / ``bucketized``: a raw number (the model standardises / bucketizes it at ``boundaries``);
+    ``categorical``: an integer index 1..cardinality-1 (user features: 0..) or a raw value from ``values``;
+    ``multi_hot``: a list of at most ``max_length`` such values; ``hashed_bag``: a text; ``vector``: exactly
+    ``dim`` numbers. ``values``: the vocabulary (None without one; for user features only when it has at
+    most 64 values). ``source``: ``timestamp`` for a context field derived from the request's timestamp.
+    """
 
     name: str
     kind: str
     cardinality: int = 0
     values: list[str] | None = None
+    max_length: int = 0
+    dim: int = 0
+    boundaries: list[float] | None = None
+    source: str = ""
+
+
+ContextField = FeatureField          # the name GET /v1/model's context_schema entries had first
 
 
 class ShardStatus(BaseModel):
@@ -200,13 +227,16 @@ class IndexSummary(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """Answer of ``GET /v1/model``."""
+    """Answer of ``GET /v1/model``: ``context_schema`` and ``user_feature_schema`` describe every field a
+    request's ``context`` / ``user_features`` takes; ``accepts_timestamp``: the context takes ``timestamp``
+    (the model has fields derived from it); ``user_features``: the user feature names."""
 
     model_version: str
     context_mode: str
-    context_schema: list[ContextField]
+    context_schema: list[FeatureField]
     accepts_timestamp: bool = True
     user_features: list[str] = Field(default_factory=list)
+    user_feature_schema: list[FeatureField] = Field(default_factory=list)
     num_users: int
     num_items: int
     history_length: int

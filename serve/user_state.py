@@ -14,6 +14,7 @@ Memory: one int32 per interaction plus one int64 per user (ML-1M: ~4 MB; ML-25M:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +25,26 @@ from twotower import storage
 from twotower.data.splits import sequence_files
 from twotower.data.vocab import read_vocab
 from twotower.model.batch import pad_lists
-from twotower.model.schema import OOV_INDEX, DatasetSchema
+from twotower.model.schema import OOV_INDEX, DatasetSchema, Feature
 
+from . import values
 from .schema import RAW_ID_SCHEMA, RequestError, json_int, raw_id
 
 MAX_ENUM = 64          # vocabularies up to this size are listed in the published schema
 
 
-def requestable(schema: DatasetSchema) -> list:
-    """The user features a cold-start request may supply: the categorical ones."""
-    return [f for f in schema.user_features if f.kind == "categorical"]
+def requestable(schema: DatasetSchema) -> list[Feature]:
+    """The user features a cold-start request may supply: all of them, of every kind."""
+    return list(schema.user_features)
 
 
-def user_feature_index(feature, value: object, vocab: dict[str, int] | None) -> int:
-    """Index of a raw cold-start value of a categorical user feature: with a vocabulary any raw id
-    (:func:`~twotower.serve.schema.raw_id`; values not in it are 0, unknown), else an integer index
-    0..cardinality-1. Raises RequestError naming ``user_features.<name>``."""
-    where = f"user_features.{feature.name}"
+def user_feature_index(feature: Feature, value: object, vocab: dict[str, int] | None,
+                       where: str | None = None) -> int:
+    """Index of one raw cold-start value of a categorical (or one entry of a multi_hot) user feature: with
+    a vocabulary any raw id (:func:`~twotower.serve.schema.raw_id`; values not in it are 0, unknown), else
+    an integer index 0..cardinality-1. Raises RequestError naming ``where`` (default
+    ``user_features.<name>``)."""
+    where = where or f"user_features.{feature.name}"
     if vocab is not None:
         try:
             return int(vocab.get(raw_id(value), OOV_INDEX))
@@ -55,17 +59,47 @@ def user_feature_index(feature, value: object, vocab: dict[str, int] | None) -> 
     return index
 
 
-def user_feature_json_schema(feature, vocab: dict[str, int] | None) -> dict:
-    """JSON Schema of the values :func:`user_feature_index` accepts; a small vocabulary is listed first
-    (``anyOf``) to document the known values, others being accepted as unknown."""
+def user_feature_value(feature: Feature, value: object, vocab: dict[str, int] | None) -> object:
+    """The model value of a raw cold-start value of user ``feature``, by kind: categorical
+    :func:`user_feature_index`; numeric / bucketized the raw number; multi_hot a list of such values
+    (unknown raw values dropped, like an unknown categorical value) -> sorted distinct indices; hashed_bag
+    a text -> its hash buckets (``hash_tokens``, as prepare); vector exactly ``dim`` numbers
+    (:mod:`twotower.serve.values`). Raises RequestError naming ``user_features.<name>``."""
+    where = f"user_features.{feature.name}"
+    if feature.kind in ("numeric", "bucketized"):
+        return values.number(value, where)
+    if feature.kind == "multi_hot":
+        return values.index_list(feature, value, where, partial(user_feature_index, feature, vocab=vocab, where=where))
+    if feature.kind == "hashed_bag":
+        return values.text(feature, value, where)
+    if feature.kind == "vector":
+        return values.vector(feature, value, where)
+    return user_feature_index(feature, value, vocab, where)
+
+
+def _index_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
     if vocab is None:
         return {"type": "integer", "minimum": 0, "maximum": feature.cardinality - 1,
-                "description": "categorical: an integer index (0 = unknown)"}
+                "description": "an integer index (0 = unknown)"}
     known = sorted(vocab, key=vocab.get)
     if len(known) > MAX_ENUM:
         return {**RAW_ID_SCHEMA, "description": f"raw value ({len(known)} known; others count as unknown)"}
     return {"anyOf": [{"type": "string", "enum": known}, *RAW_ID_SCHEMA["anyOf"]],
             "description": "raw value: one of the known ones, others count as unknown"}
+
+
+def user_feature_json_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
+    """JSON Schema of the values :func:`user_feature_value` accepts; a small vocabulary is listed first
+    (``anyOf``) to document the known values, others being accepted as unknown."""
+    if feature.kind in ("numeric", "bucketized"):
+        return values.number_schema(feature)
+    if feature.kind == "multi_hot":
+        return values.list_schema(feature, _index_schema(feature, vocab))
+    if feature.kind == "hashed_bag":
+        return values.text_schema(feature)
+    if feature.kind == "vector":
+        return values.vector_schema(feature)
+    return _index_schema(feature, vocab)
 
 
 def _items_most_recent_first(root: str, num_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,24 +177,23 @@ class UserState:
             return np.zeros(0, np.int64)
         return np.unique(self.items[self.offsets[user_idx]:self.offsets[user_idx + 1]]).astype(np.int64)
 
-    def encode_user_features(self, features: Mapping[str, object] | None) -> dict[str, int]:
-        """Raw cold-start user features -> {name: index} for the user tower.
+    def encode_user_features(self, features: Mapping[str, object] | None) -> dict[str, object]:
+        """Raw cold-start user features -> {name: model value} for the user tower (:func:`user_feature_value`).
 
-        Values are looked up as strings in ``vocab/<name>.parquet``; a value not in the vocabulary maps to
-        0 (unknown: contributes nothing, like an unseen zip code). Without a vocabulary file an integer
-        index 0..cardinality-1 is expected.
+        Categorical (and multi_hot) values are looked up as strings in ``vocab/<name>.parquet``; a value not
+        in the vocabulary is 0 (unknown: contributes nothing, like an unseen zip code; dropped from a
+        multi_hot list). Without a vocabulary file integer indices 0..cardinality-1 are expected. Numeric
+        and bucketized values are raw numbers, hashed_bag values texts, vector values ``dim`` numbers.
 
         Raises:
-            RequestError: a feature the model does not have, a non-categorical feature, or an index out
-                of range (names ``user_features.<name>``).
+            RequestError: a feature the model does not have, or a value its kind does not allow (names
+                ``user_features.<name>``).
         """
         by_name = {f.name: f for f in self.schema.user_features}
-        out: dict[str, int] = {}
+        out: dict[str, object] = {}
         for name, value in (features or {}).items():
             f = by_name.get(name)
             if f is None:
                 raise RequestError(f"user_features.{name}", f"unknown user feature; known: {list(by_name)}")
-            if f.kind != "categorical":
-                raise RequestError(f"user_features.{name}", f"{f.kind} user features cannot be supplied in a request")
-            out[name] = user_feature_index(f, value, self.feature_vocabs.get(name))
+            out[name] = user_feature_value(f, value, self.feature_vocabs.get(name))
         return out

@@ -3,7 +3,7 @@ import math
 import torch
 
 from twotower.model.config import ModelConfig
-from twotower.model.loss import bce_loss, compute_loss, log_q, sampled_softmax_loss
+from twotower.model.loss import bce_loss, compute_loss, head_softmax_loss, log_q, sampled_softmax_loss
 from twotower.model.optim import build_optimizer
 from twotower.model.twotower import TwoTowerModel
 
@@ -97,3 +97,47 @@ def test_training_steps_reduce_the_loss(toy_schema, toy_tables, toy_batch):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+# per-row losses of the 3x3 example (no logQ, no masking): see test_plain_in_batch_softmax_matches_hand_computation
+ROW_LOSSES = [math.log(2 * E2 + 1) - 2, math.log(E2 + 2) - 2, math.log(3)]
+
+
+def test_sample_weights_give_the_weighted_mean_of_per_query_softmax_losses():
+    w = torch.tensor([1.0, 2.0, 0.0])
+    got = sampled_softmax_loss(Q, V, IDX, LABELS, TAU, None, False, weight=w).item()
+    assert abs(got - (ROW_LOSSES[0] + 2 * ROW_LOSSES[1]) / 3) < 1e-6
+    ones = sampled_softmax_loss(Q, V, IDX, LABELS, TAU, None, False, weight=torch.ones(3)).item()
+    assert abs(ones - _loss()) < 1e-6 and abs(ones - sum(ROW_LOSSES) / 3) < 1e-6
+    zero = sampled_softmax_loss(Q, V, IDX, LABELS, TAU, None, False, weight=torch.zeros(3))
+    assert zero.item() == 0.0 and torch.isfinite(zero)
+
+
+def test_sample_weights_in_bce_and_the_scoring_head():
+    softplus = lambda x: math.log1p(math.exp(x))
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    negs = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]])
+    neg_idx = torch.tensor([[4, 3], [5, 6]])                      # row 0's second negative is its positive (3)
+    l0 = (softplus(-1.0) + softplus(0.0)) / 2                      # pos logit 1; one valid negative, logit 0
+    l1 = (softplus(0.0) + softplus(1.0) + softplus(2.0)) / 3       # pos logit 0; negatives 1 and 2
+    got = bce_loss(q, items, negs, torch.tensor([3, 9]), neg_idx, 1.0, weight=torch.tensor([3.0, 1.0])).item()
+    assert abs(got - (3 * l0 + l1) / 4) < 1e-6
+    assert abs(bce_loss(q, items, negs, torch.tensor([3, 9]), neg_idx, 1.0).item() - (l0 + l1) / 2) < 1e-6
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    cand = torch.tensor([[7, 8, 7], [1, 2, 3]])                    # row 0, column 2: an accidental hit
+    h0, h1 = math.log(math.exp(2) + 1) - 2, math.log(3)
+    got = head_softmax_loss(logits, cand, True, weight=torch.tensor([1.0, 3.0])).item()
+    assert abs(got - (h0 + 3 * h1) / 4) < 1e-6
+
+
+def test_compute_loss_reads_the_batch_weight(toy_schema, toy_tables, toy_batch):
+    model = TwoTowerModel(toy_schema, ModelConfig(dropout=0.0, context_mode="scoring_layer"), *toy_tables).eval()
+
+    def loss(**extra):
+        torch.manual_seed(0)                                       # the same head candidates each call
+        return compute_loss(model, toy_batch | extra).loss.item()
+
+    plain = loss()
+    assert abs(loss(weight=torch.full((8,), 3.0)) - plain) < 1e-6            # only relative weights matter
+    assert abs(loss(weight=torch.arange(8.0)) - plain) > 1e-4

@@ -81,6 +81,28 @@ def make_artifacts(dataset: Path, out: Path, mode: str, num_shards: int, with_v2
     return Artifacts(mode, Path(dataset), Path(ckpt), out / "index", v2, model)
 
 
+def make_feature_artifacts(out: Path, mode: str, num_shards: int = 1, steps: int = 60) -> Artifacts:
+    """The planted every-kind dataset of ``feature_data`` written to ``out/dataset``, a model of ``mode``
+    trained ``steps`` in-process steps on its planted problem, its checkpoint and a Flat index."""
+    import feature_data as fd
+    from twotower.index import build_local_index, checkpoint_record
+    from twotower.model.checkpoint import read_checkpoint, save_checkpoint
+    from twotower.model.config import ModelConfig
+    from twotower.model.twotower import TwoTowerModel
+
+    schema, users, items = fd.write_dataset(out / "dataset")
+    torch.manual_seed(0)
+    cfg = ModelConfig(context_mode=mode, user_embedding_dim=8, item_embedding_dim=8, feature_embedding_dim=8,
+                      final_embedding_dim=16, hidden_dims=[32], dropout=0.0, rerank_depth=20, temperature=0.1)
+    model = fd.train(TwoTowerModel(schema, cfg, users, items), fd.ITEM_GROUP, steps)
+    ckpt = save_checkpoint(model.eval(), out / "checkpoint", dataset_dir=str(out / "dataset"))
+    idx = np.arange(1, schema.num_items)
+    emb = model.all_item_embeddings().numpy()[idx]
+    build_local_index(out / "index", emb, idx, [f"i{i}" for i in idx], num_shards=num_shards,
+                      checkpoint=checkpoint_record(read_checkpoint(ckpt)))
+    return Artifacts(mode, out / "dataset", Path(ckpt), out / "index", None, model)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -91,7 +91,7 @@ def test_context_errors_name_the_field(schema, ml100k_dataset, context, field):
     ({"user_id": "1", "k": 0}, "k"), ({"user_id": "1", "k": 1001}, "k"), ({"user_id": "1", "k": "10"}, "k"),
     ({"user_id": "1", "k": 2.5}, "k"), ({"k": 3}, "user_id"), ({"user_id": ""}, "user_id"),
     ({"user_id": None}, "user_id"), ({"user_id": "1", "exclude_seen": "yes"}, "exclude_seen"),
-    ({"user_id": "1", "colour": "red"}, "colour"), ({"user_id": "1", "context": {"hour_sin": [1]}}, "context.hour_sin"),
+    ({"user_id": "1", "colour": "red"}, "colour"), ({"user_id": "1", "context": {"hour_sin": [[1]]}}, "context.hour_sin"),
 ])
 def test_request_validation_names_the_field(body, field):
     with pytest.raises(ValidationError) as e:
