@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower import storage
-from twotower.model.batch import pad_lists
+from twotower.model.batch import feature_column
 from twotower.model.schema import DatasetSchema, Feature, SchemaError
 
 
@@ -16,11 +17,14 @@ def _feature_array(table: pa.Table, feat: Feature, path: str) -> np.ndarray:
     if feat.name not in table.column_names:
         raise SchemaError(f"{path}: no column {feat.name!r} for feature {feat.name!r}")
     col = table[feat.name]
-    if feat.kind == "categorical":
-        return col.to_numpy().astype(np.int64)
-    if feat.kind == "numeric":
-        return col.to_numpy().astype(np.float32)
-    return pad_lists(col, feat.max_length)
+    if feat.kind in ("categorical", "numeric", "bucketized"):
+        return feature_column(feat, col.to_numpy())
+    if feat.kind == "vector":
+        values = pc.list_flatten(col.combine_chunks()).to_numpy(zero_copy_only=False)
+        if len(values) != len(col) * feat.dim:
+            raise SchemaError(f"{path}: vector column {feat.name!r} does not hold {feat.dim} values per row")
+        return feature_column(feat, values.reshape(len(col), feat.dim))
+    return feature_column(feat, col)
 
 
 def _read(path: str, rows: int, index_col: str) -> pa.Table:
@@ -47,7 +51,8 @@ def load_feature_tables(dataset_dir: str | Path, schema: DatasetSchema | None = 
 
         * categorical -> int64, shape (num_users,) or (num_items,);
         * multi_hot / hashed_bag -> int64, shape (num_items, max_length) (or num_users), padded with 0;
-        * numeric -> float32, shape (num_rows,);
+        * numeric / bucketized -> float32 raw values, shape (num_rows,) (NaN = missing);
+        * vector -> float32, shape (num_rows, dim);
         * ``item_table["train_count"]`` -> int64 (num_items,), train interactions per item.
 
     Raises:

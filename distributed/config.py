@@ -33,6 +33,9 @@ class TrainConfig(BaseModel):
         "auto", description="optimizer of sparse ID tables: auto = sparse counterpart of `optimizer` "
                             "(adam -> SparseAdam); rowwise_adagrad = one accumulator per row (10M+ ids)")
     patience: int = Field(3, ge=0, description="epochs without valid Recall@k improvement before stopping; 0 = off")
+    min_delta: float = Field(0.0, ge=0.0, description="early stopping: a gain of valid Recall@k of at most this "
+                                                      "does not count as an improvement (the best checkpoint "
+                                                      "still follows the best value)")
     monitor_k: int = Field(10, ge=1, description="k of the validation Recall@k used for early stopping")
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
     num_workers: int = Field(1, ge=1)

@@ -32,11 +32,12 @@ class TrainState:
 
     def end_epoch(self, epoch: int, value: float, cfg: TrainConfig) -> bool:
         """Record the monitored validation ``value`` of ``epoch``; returns True when early stopping
-        ends the run after it (``patience`` epochs without improvement, and epochs remain)."""
+        ends the run after it (``patience`` epochs without an improvement of more than ``min_delta``,
+        and epochs remain). The best epoch is the one with the highest value, however small the gain."""
+        improved = value > self.best_metric + cfg.min_delta
         if value > self.best_metric:
-            self.best_metric, self.best_epoch, self.bad_epochs = value, epoch, 0
-        else:
-            self.bad_epochs += 1
+            self.best_metric, self.best_epoch = value, epoch
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
         self.epoch = epoch
         return cfg.patience > 0 and self.bad_epochs >= cfg.patience and epoch < cfg.epochs
 

@@ -36,3 +36,13 @@ def test_config_is_validated_once_with_flags_last(tmp_path):
     assert cfg.eval_cutoffs == [10, 20, 50] and cfg.monitor_key == "valid_recall@10"
     with pytest.raises(ConfigError, match="config key 'epochs'"):
         TrainConfig.from_yaml(None, [], {"epochs": 0})
+
+
+def test_early_stopping_counts_only_gains_above_min_delta():
+    from twotower.distributed.config import TrainConfig
+    from twotower.distributed.train_state import TrainState
+
+    cfg, state = TrainConfig(patience=2, epochs=10, min_delta=0.01), TrainState()
+    stops = [state.end_epoch(e, v, cfg) for e, v in enumerate([0.50, 0.505, 0.508, 0.53, 0.531, 0.535], 1)]
+    assert stops == [False, False, True, False, False, True]
+    assert (state.best_epoch, state.best_metric) == (6, 0.535)      # the best value, however small its gain

@@ -107,8 +107,6 @@ def _query(rec, user: dict):
                       rec.state.users.encode_user_features(user))
 
 
-@pytest.mark.xfail(strict=True, reason="data/tables.py load_feature_tables reads bucketized values as lists and has "
-                                       "no vector case (readers' file); remove this mark when it does")
 def test_load_feature_tables_reads_every_kind(shop):
     from twotower.data.tables import load_feature_tables
 
