@@ -106,15 +106,7 @@ def check_value(feature: Feature, value: object, vocab: dict[str, int] | None) -
         RequestError: a value :func:`value_json_schema` does not allow (names ``context.<feature>``).
     """
     where = f"context.{feature.name}"
-    if feature.kind in ("numeric", "bucketized"):
-        return values.number(value, where)
-    if feature.kind == "multi_hot":
-        return values.index_list(feature, value, where, partial(_index, feature, vocab=vocab, where=where))
-    if feature.kind == "hashed_bag":
-        return values.text(feature, value, where)
-    if feature.kind == "vector":
-        return values.vector(feature, value, where)
-    return _index(feature, value, vocab, where)
+    return values.by_kind(feature, value, where, partial(_index, feature, vocab=vocab, where=where))
 
 
 def _index_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
@@ -128,15 +120,7 @@ def _index_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
 def value_json_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
     """JSON Schema of the values :func:`check_value` accepts for ``feature`` (every vocabulary value is
     listed: a string outside it is refused)."""
-    if feature.kind in ("numeric", "bucketized"):
-        return values.number_schema(feature)
-    if feature.kind == "multi_hot":
-        return values.list_schema(feature, _index_schema(feature, vocab))
-    if feature.kind == "hashed_bag":
-        return values.text_schema(feature)
-    if feature.kind == "vector":
-        return values.vector_schema(feature)
-    return _index_schema(feature, vocab)
+    return values.schema_by_kind(feature, _index_schema(feature, vocab))
 
 
 def context_json_schema(schema: DatasetSchema) -> dict:

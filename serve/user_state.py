@@ -66,15 +66,7 @@ def user_feature_value(feature: Feature, value: object, vocab: dict[str, int] | 
     a text -> its hash buckets (``hash_tokens``, as prepare); vector exactly ``dim`` numbers
     (:mod:`twotower.serve.values`). Raises RequestError naming ``user_features.<name>``."""
     where = f"user_features.{feature.name}"
-    if feature.kind in ("numeric", "bucketized"):
-        return values.number(value, where)
-    if feature.kind == "multi_hot":
-        return values.index_list(feature, value, where, partial(user_feature_index, feature, vocab=vocab, where=where))
-    if feature.kind == "hashed_bag":
-        return values.text(feature, value, where)
-    if feature.kind == "vector":
-        return values.vector(feature, value, where)
-    return user_feature_index(feature, value, vocab, where)
+    return values.by_kind(feature, value, where, partial(user_feature_index, feature, vocab=vocab, where=where))
 
 
 def _index_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
@@ -91,15 +83,7 @@ def _index_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
 def user_feature_json_schema(feature: Feature, vocab: dict[str, int] | None) -> dict:
     """JSON Schema of the values :func:`user_feature_value` accepts; a small vocabulary is listed first
     (``anyOf``) to document the known values, others being accepted as unknown."""
-    if feature.kind in ("numeric", "bucketized"):
-        return values.number_schema(feature)
-    if feature.kind == "multi_hot":
-        return values.list_schema(feature, _index_schema(feature, vocab))
-    if feature.kind == "hashed_bag":
-        return values.text_schema(feature)
-    if feature.kind == "vector":
-        return values.vector_schema(feature)
-    return _index_schema(feature, vocab)
+    return values.schema_by_kind(feature, _index_schema(feature, vocab))
 
 
 def _items_most_recent_first(root: str, num_users: int) -> tuple[np.ndarray, np.ndarray]:

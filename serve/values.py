@@ -117,3 +117,32 @@ def informative(feature: Feature, value: object) -> bool:
     if feature.kind in ("numeric", "bucketized"):
         return not math.isnan(value)
     return any(value)
+
+
+def by_kind(feature: Feature, value: object, where: str, index: Callable[[object], int]) -> object:
+    """The model value of a raw request ``value`` of ``feature``, dispatched on its kind: numeric /
+    bucketized :func:`number`; multi_hot :func:`index_list` of ``index``; hashed_bag :func:`text`; vector
+    :func:`vector`; categorical ``index(value)``. Raises RequestError naming ``where``."""
+    if feature.kind in ("numeric", "bucketized"):
+        return number(value, where)
+    if feature.kind == "multi_hot":
+        return index_list(feature, value, where, index)
+    if feature.kind == "hashed_bag":
+        return text(feature, value, where)
+    if feature.kind == "vector":
+        return vector(feature, value, where)
+    return index(value)
+
+
+def schema_by_kind(feature: Feature, index_schema: dict) -> dict:
+    """JSON Schema of the values :func:`by_kind` accepts for ``feature``; ``index_schema``: that of one
+    categorical value (the whole value for categorical, each element for multi_hot)."""
+    if feature.kind in ("numeric", "bucketized"):
+        return number_schema(feature)
+    if feature.kind == "multi_hot":
+        return list_schema(feature, index_schema)
+    if feature.kind == "hashed_bag":
+        return text_schema(feature)
+    if feature.kind == "vector":
+        return vector_schema(feature)
+    return index_schema
