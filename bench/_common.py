@@ -100,14 +100,17 @@ class MemorySampler:
 
     Records the peak resident set size (bytes) of this process and its descendants (a local Ray started
     by this process or by a job it runs: GCS, raylet, dashboard, workers), keyed by pid with its
-    last busy title, and the peak of the system's used memory (``total - available``) above the level
-    when sampling started (``system_peak_bytes``): the figure to compare with a RAM budget, since
+    last busy title, the peak of each one's private memory (RSS minus shared pages: a Ray worker's RSS
+    also counts the object-store pages it has mapped, which grow with the blocks it has touched, not
+    with what it holds), and the peak of the system's used memory (``total - available``) above the
+    level when sampling started (``system_peak_bytes``): the figure to compare with a RAM budget, since
     per-process RSS double-counts shared object-store pages.
     """
 
     def __init__(self, interval_s: float = 0.5):
         self.interval_s = interval_s
         self.peak: dict[int, tuple[str, int]] = {}
+        self.private: dict[int, int] = {}
         self._stop, self._thread = threading.Event(), None
         vm = psutil.virtual_memory()
         self.baseline = vm.total - vm.available
@@ -138,7 +141,9 @@ class MemorySampler:
         self._ticks += 1
         for pid, proc in list(self._procs.items()):
             try:
-                rss = proc.memory_info().rss
+                mem = proc.memory_info()
+                rss = mem.rss
+                self.private[pid] = max(self.private.get(pid, 0), mem.rss - mem.shared)
                 title = self._title_of(pid, proc)
             except psutil.Error:
                 self._procs.pop(pid, None)
@@ -160,6 +165,13 @@ class MemorySampler:
         if pid == os.getpid():
             return "driver (this script)"
         return _title(" ".join(proc.cmdline()))
+
+    def private_by_role(self) -> list[tuple[str, int, int]]:
+        """(role, number of processes, max peak private bytes (RSS - shared) over them), largest first."""
+        roles: dict[str, list[int]] = {}
+        for pid, (title, _) in self.peak.items():
+            roles.setdefault(title, []).append(self.private.get(pid, 0))
+        return sorted(((t, len(v), max(v)) for t, v in roles.items()), key=lambda r: -r[2])
 
     def by_role(self) -> list[tuple[str, int, int]]:
         """(role, number of processes, max peak RSS bytes over them), largest first."""

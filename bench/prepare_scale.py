@@ -11,7 +11,9 @@ a numeric ``price`` and a 16-float ``embedding`` vector), then runs the real job
 as a user would (``python -m twotower.jobs.cli prepare table --spec ... --out ...``, one local Ray
 runtime started by the job), under a memory sampler that records every process of the job (the driver,
 GCS, raylet, every Ray worker) every 0.5 s. Reported per size: wall seconds, interactions per second,
-peak resident memory per process role, the system's peak used memory above its level before the job,
+peak private memory (RSS minus shared pages) and peak RSS per process role -- a Ray worker's RSS also
+counts the shared object-store pages it has mapped, which grow with the number of blocks it has
+passed along, not with what it holds --, the system's peak used memory above its level before the job,
 bytes on disk of the prepared dataset.
 
 The baseline (``--baseline-python``: a Python whose ``twotower`` is the code before the spec job, e.g.
@@ -117,7 +119,9 @@ def measured(cmd: list[str], log: Path) -> dict:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd, output=log.read_text()[-3000:])
-    return {"seconds": time.perf_counter() - t0, "system_peak": mem.system_peak_bytes, "processes": mem.by_role()}
+    private = {title: size for title, _, size in mem.private_by_role()}
+    return {"seconds": time.perf_counter() - t0, "system_peak": mem.system_peak_bytes,
+            "processes": [(t, n, rss, private.get(t, 0)) for t, n, rss in mem.by_role()]}
 
 
 def one_size(n: int, args, baseline: bool) -> dict:
@@ -149,22 +153,23 @@ def render(rows: list[dict], args, machine: str) -> str:
              f"Machine: {machine}.", f"Data: {args.users:,} users, {args.items:,} items (users table: categorical "
              f"+ numeric; items table: categorical + numeric + {DIM}-float vector; context: device, price); "
              f"`block_rows` {args.block_rows:,}.", "",
-             "| interactions | how | wall s | interactions/s | largest process peak RSS | system peak | on disk | raw parquet |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| interactions | how | wall s | interactions/s | largest private memory (RSS - shared) | system peak "
+             "| on disk | raw parquet |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for how, key in (("spec job (Ray Data)", "job"), ("in-process, per-row history (before)", "baseline")):
             if key not in r:
                 continue
             m = r[key]
-            top = m["processes"][0] if m["processes"] else ("", 0, 0)
+            top = max(m["processes"], key=lambda p: p[3]) if m["processes"] else ("", 0, 0, 0)
+            top = ("in-process preparation", *top[1:]) if key == "baseline" else top
             lines.append(f"| {r['interactions']:,} | {how} | {m['seconds']:.0f} | {r['interactions'] / m['seconds']:,.0f} | "
-                         f"{fmt_bytes(top[2])} (`{top[0]}`) | {fmt_bytes(m['system_peak'])} | {fmt_bytes(m['bytes'])} | "
+                         f"{fmt_bytes(top[3])} (`{top[0]}`) | {fmt_bytes(m['system_peak'])} | {fmt_bytes(m['bytes'])} | "
                          f"{fmt_bytes(r['raw_bytes'])} |")
-    lines += ["", "Peak resident memory per process role (spec job):", "",
-              "| interactions | process | count | peak RSS |", "|---|---|---|---|"]
+    lines += ["", "Peak memory per process role (spec job; the largest process of each role):", "",
+              "| interactions | process | count | private (RSS - shared) | RSS |", "|---|---|---|---|---|"]
     for r in rows:
-        for title, count, rss in r["job"]["processes"][:8]:
-            lines.append(f"| {r['interactions']:,} | `{title}` | {count} | {fmt_bytes(rss)} |")
+        for title, count, rss, private in sorted(r["job"]["processes"], key=lambda p: -p[3])[:8]:
+            lines.append(f"| {r['interactions']:,} | `{title}` | {count} | {fmt_bytes(private)} | {fmt_bytes(rss)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,7 +47,7 @@ from twotower.data.raw import check_columns, estimate_rows, expand, file_columns
 from twotower.data.sequences import SEQUENCES_DIR
 from twotower.data.spec import DatasetSpec, SpecError
 from twotower.data.vocab import vocab_order, write_vocab
-from twotower.distributed.prepare_stages import GROUPED, SequencePlan, group, k_core, sequences
+from twotower.distributed.prepare_stages import GROUPED, SequencePlan, SequenceStats, group, k_core, sequences
 from twotower.model.schema import DatasetSchema, Feature
 
 log = logging.getLogger("twotower.data")
@@ -89,10 +89,10 @@ def temporal_cuts(spec: DatasetSpec, counts: dict) -> tuple[int, int] | None:
 
 # ---- 5. tables, schema, publish ------------------------------------------------------------------------
 
-def context_features(spec: DatasetSpec, vocabs: dict, stats: pa.Table) -> tuple[Feature, ...]:
+def context_features(spec: DatasetSpec, vocabs: dict, stats: SequenceStats) -> tuple[Feature, ...]:
     """The schema's context features: the timestamp-derived ones, then each spec feature with its train
     statistics (numeric mean/std, quantile boundaries, multi-hot longest list) from the per-file stats."""
-    extras = [json.loads(x) for x in stats["extra"].to_pylist()]
+    extras = stats.extras
     out = list(CONTEXT_FEATURES) if spec.context.time_features else []
     for name, f in spec.context.features.items():
         if f.kind == "categorical":
@@ -252,20 +252,18 @@ def _stages(spec: DatasetSpec, files: list[str], unit: str, tables: dict, stagin
                         {k: Lookup(v) for k, v in vocabs.items() if k not in ("users", "items")}, kept_u, kept_i,
                         cuts, staging)
     storage.makedirs(storage.join(staging, SEQUENCES_DIR))
-    file_stats = sequences(grouped, plan)
+    file_stats = sequences(grouped, plan, len(vocabs["items"]) + 1)
     return _write_dataset(spec, vocabs, tables, file_stats, staging, {
         "rows_read": rows_in, "rows_kept_by_filter": kept_rows + dups, "duplicates_removed": dups,
         "k_core_rounds": rounds, "partitions": partitions, "temporal_cuts": list(cuts) if cuts else None,
         "timestamp_unit": unit, "interaction_files": len(files), "t0": t0})
 
 
-def _write_dataset(spec: DatasetSpec, vocabs: dict, tables: dict, file_stats: pa.Table, staging: str,
+def _write_dataset(spec: DatasetSpec, vocabs: dict, tables: dict, file_stats: SequenceStats, staging: str,
                    info: dict) -> dict:
     """Stage 5: users.parquet, items.parquet, vocab/, schema.json; returns the stats dict."""
     n_items = len(vocabs["items"]) + 1
-    train_count = np.zeros(n_items, np.int64)
-    for items, c in zip(file_stats["train_items"].to_pylist(), file_stats["train_counts"].to_pylist()):
-        np.add.at(train_count, np.asarray(items, np.int64), np.asarray(c, np.int64))
+    train_count = file_stats.train_count
     feats = {}
     for kind, key in (("user", "users"), ("item", "items")):
         table, files = tables[key]
@@ -285,8 +283,7 @@ def _write_dataset(spec: DatasetSpec, vocabs: dict, tables: dict, file_stats: pa
         context_features=context_features(spec, vocabs, file_stats), name=spec.name, split=spec.split.method,
         weighted=spec.interactions.weight is not None, sequence_window=spec.sequence_window,
         extra={"source": "spec"})
-    rows = {s: int(pc.sum(file_stats[s]).as_py() or 0) for s in ("train", "valid", "test")}
-    extras = [json.loads(x) for x in file_stats["extra"].to_pylist()]
+    rows, extras = file_stats.rows, file_stats.extras
     ts = [e["ts_min"] for e in extras if e["ts_min"] is not None], [e["ts_max"] for e in extras if e["ts_max"] is not None]
     t0 = info.pop("t0")
     stats = {"name": spec.name, "rows": rows, "interactions": sum(rows.values()),
@@ -294,7 +291,7 @@ def _write_dataset(spec: DatasetSpec, vocabs: dict, tables: dict, file_stats: pa
              "num_items": n_items, "users_with_interactions": int(sum(e["users"] for e in extras)),
              "items_with_interactions": int((train_count > 0).sum()),
              "timestamp_min": min(ts[0]) if ts[0] else None, "timestamp_max": max(ts[1]) if ts[1] else None,
-             "files": sorted(file_stats["file"].to_pylist()), **info,
+             "files": sorted(file_stats.files), **info,
              "settings": spec.model_dump(mode="json"), "seconds": round(time.time() - t0, 3)}
     storage.write_bytes(storage.join(staging, "schema.json"), schema.to_json().encode())
     return stats

@@ -233,16 +233,40 @@ class SequenceBuilder:
                          "extra": [json.dumps(extra)]})
 
 
-def sequences(grouped: list[str], plan: SequencePlan) -> pa.Table:
-    """Stage 4: one statistics row per sequences file."""
-    import ray
+@dataclass
+class SequenceStats:
+    """What stage 4's files add up to, summed on the driver one file's row at a time (its memory does not
+    grow with the number of files): interactions per split, train interactions per item index, each file's
+    small context statistics (``extras``) and the file names."""
+
+    rows: dict
+    train_count: np.ndarray
+    extras: list
+    files: list
+
+    def add(self, table: pa.Table) -> None:
+        for s in ("train", "valid", "test"):
+            self.rows[s] += int(pc.sum(table[s]).as_py() or 0)
+        for items, counts in zip(table["train_items"].to_numpy(zero_copy_only=False),
+                                 table["train_counts"].to_numpy(zero_copy_only=False)):
+            np.add.at(self.train_count, np.asarray(items, np.int64), np.asarray(counts, np.int64))
+        self.extras += [json.loads(x) for x in table["extra"].to_pylist()]
+        self.files += table["file"].to_pylist()
+
+
+def sequences(grouped: list[str], plan: SequencePlan, num_items: int) -> SequenceStats:
+    """Stage 4: write the sequence files; their statistics summed as they arrive."""
     import ray.data
 
     ds = ray.data.from_items([{"path": g, "index": k} for k, g in enumerate(grouped)],
                              override_num_blocks=max(len(grouped), 1))
     ds = ds.map_batches(SequenceBuilder, batch_size=1, batch_format="numpy", compute=_actors(len(grouped)),
                         fn_constructor_kwargs={"plan": plan})
-    refs = run_stage(f"sequences ({len(grouped)} files)", ds.to_arrow_refs)
-    return pa.concat_tables(ray.get(refs))
+    stats = SequenceStats({"train": 0, "valid": 0, "test": 0}, np.zeros(num_items, np.int64), [], [])
 
+    def run():
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            stats.add(table)
+        return stats
 
+    return run_stage(f"sequences ({len(grouped)} files)", run)
