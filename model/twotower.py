@@ -142,8 +142,12 @@ class TwoTowerModel(nn.Module):
         return self.query_from_user(self.user_representation(batch), batch)
 
     def item_embedding(self, item_idx: torch.Tensor) -> torch.Tensor:
-        """Item tower output (M, D) for item indices (M,) int64; context-free, so precomputable."""
-        return self.item_tower(item_idx)
+        """Item tower output (M, D) for item indices (M,) int64; context-free, so precomputable.
+
+        The tower runs once per distinct index (a sequence batch repeats popular items thousands of
+        times); rows of equal indices are equal (in training they share one dropout mask)."""
+        unique, inverse = torch.unique(item_idx, return_inverse=True)
+        return self.item_tower(unique)[inverse]
 
     def user_embeddings(self, user_idx: torch.Tensor, history: torch.Tensor,
                         history_time: torch.Tensor | None = None) -> torch.Tensor:
