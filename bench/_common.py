@@ -71,7 +71,7 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
     """
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
     generator = torch.Generator().manual_seed(seed)
-    n, b = len(data["item_idx"]), cfg.batch_size
+    n, b = len(data["user_idx"]), cfg.batch_size
     run = PlainRun()
     model.train()
     for epoch in range(1, epochs + 1):

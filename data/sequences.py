@@ -19,6 +19,13 @@ Each file's footer has ``twotower.events``: JSON ``{"train": n, "valid": n, "tes
 of that split, its ``history`` the ``history_length`` items strictly before it (most recent first,
 0-padded), and for valid/test ``seen_items``: the user's items of the earlier splits (train for valid,
 train and valid for test), excluded at ranking. No example sees itself or a later interaction.
+A model may ask for a longer history than ``schema.history_length`` (the sequence encoder reads
+``max_sequence_length`` items): exact for every user within one row (``sequence_window`` interactions,
+16,384 by default); an interaction in a later window of a longer user sees at most its row's items,
+at least the ``schema.history_length`` prefix.
+
+:func:`cut_windows` cuts the train interactions into windows for training on every position: fixed
+(W, L) arrays, each row up to L consecutive (input, next item) pairs of one user.
 """
 from __future__ import annotations
 
@@ -146,36 +153,45 @@ def _flat(column) -> tuple[np.ndarray, np.ndarray]:
     return lengths, pc.list_flatten(column)
 
 
-def cut_examples(rows: pa.Table, split_code: int, schema: DatasetSchema, *, with_seen: bool = False
-                 ) -> dict[str, np.ndarray]:
+def _entries(rows: pa.Table) -> tuple[np.ndarray, ...]:
+    """Flat ``(items int64, split, row of each entry, position in its row, row lengths)`` of rows."""
+    lengths, items_flat = _flat(rows["item_idx"])
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(row_of)) - (np.cumsum(lengths) - lengths)[row_of]
+    return items_flat.to_numpy().astype(np.int64), _flat(rows["split"])[1].to_numpy(), row_of, pos, lengths
+
+
+def cut_examples(rows: pa.Table, split_code: int, schema: DatasetSchema, *, with_seen: bool = False,
+                 history_length: int | None = None, history_time: bool = False) -> dict[str, np.ndarray]:
     """The examples of split ``split_code`` held by a batch of sequence rows, in model dtypes.
 
     Args:
         rows: sequence rows (at least ``user_idx``, ``prefix``, ``item_idx``, ``timestamp``, ``split``, the
             stored context columns, ``weight`` when weighted, and ``seen_before*`` when ``with_seen``).
         split_code: 0 train, 1 valid, 2 test. with_seen: also return ``seen_items`` (valid/test).
+        history_length: N (default ``schema.history_length``; a longer one is limited by the row, see
+            the module docstring). history_time: also return ``history_timestamp``.
     Returns:
-        ``user_idx``, ``item_idx``, ``timestamp`` int64 (B,); ``history`` int64 (B, N) (N =
-        ``schema.history_length``: the N items strictly before, most recent first, 0-padded); every
+        ``user_idx``, ``item_idx``, ``timestamp`` int64 (B,); ``history`` int64 (B, N) (the N items
+        strictly before, most recent first, 0-padded); ``history_timestamp`` int64 (B, N) (their
+        timestamps, 0 at padding) with ``history_time``; every
         context feature (numeric / bucketized float32 (B,), raw; categorical int64 (B,); multi_hot int64
         (B, L)); ``weight`` float32 (B,) when weighted; ``seen_items`` (with_seen): object (B,) of int64
         arrays, the user's distinct items of the earlier splits, ascending.
     """
-    n_hist = schema.history_length
-    lengths, items_flat = _flat(rows["item_idx"])
-    items = items_flat.to_numpy().astype(np.int64)
-    split = _flat(rows["split"])[1].to_numpy()
-    row_start = np.cumsum(lengths) - lengths
-    row_of = np.repeat(np.arange(len(lengths)), lengths)
-    pos = np.arange(len(items)) - row_start[row_of]
+    n_hist = history_length or schema.history_length
+    items, split, row_of, pos, lengths = _entries(rows)
     prefix = rows["prefix"].to_numpy().astype(np.int64)
     idx = np.flatnonzero((pos >= prefix[row_of]) & (split == split_code))
     back = idx[:, None] - 1 - np.arange(n_hist)[None, :]
     keep = np.arange(n_hist)[None, :] < pos[idx][:, None]
-    ts = _flat(rows["timestamp"])[1].to_numpy().astype(np.int64)[idx]
+    all_ts = _flat(rows["timestamp"])[1].to_numpy().astype(np.int64)
+    ts = all_ts[idx]
     out = {"user_idx": rows["user_idx"].to_numpy().astype(np.int64)[row_of[idx]],
            "item_idx": items[idx], "timestamp": ts,
            "history": np.where(keep, items[np.maximum(back, 0)], 0)}
+    if history_time:
+        out["history_timestamp"] = np.where(keep, all_ts[np.maximum(back, 0)], 0)
     derived = context_features(ts)
     for f in schema.context_features:
         out[f.name] = _context_column(f, rows, idx, derived)
@@ -183,6 +199,49 @@ def cut_examples(rows: pa.Table, split_code: int, schema: DatasetSchema, *, with
         out["weight"] = _flat(rows["weight"])[1].to_numpy().astype(np.float32)[idx]
     if with_seen:
         out[SEEN_COLUMN] = _seen_items(rows, items, split, lengths, row_of[idx], split_code)
+    return out
+
+
+def cut_windows(rows: pa.Table, schema: DatasetSchema, max_length: int) -> dict[str, np.ndarray]:
+    """Training windows of every position: a row's train interactions after its first entry (and after
+    its ``prefix``) are the targets, each predicted from the entry before it; a row's targets are split
+    into windows of ``max_length`` = L from the most recent backwards (its oldest window may be shorter),
+    so every target is in exactly one window; windows come in row order, oldest first within a row.
+
+    Returns W windows as fixed-width arrays, each left-aligned and 0-padded on the right: ``user_idx``
+    int64 (W,); ``items`` int64 (W, L) (the inputs); ``targets`` int64 (W, L) (the next item, 0 =
+    padding); ``positions`` int64 (W, L) (the target's position in the user's whole sequence: the row's
+    ``start`` + its index in the row); ``timestamps`` int64 (W, L) (of the inputs); ``mask`` bool (W, L)
+    (``targets > 0``); every context feature of the target event (numeric / bucketized float32 (W, L),
+    categorical int64 (W, L), multi_hot int64 (W, L, M)); ``weight`` float32 (W, L) when weighted.
+    """
+    items, split, row_of, pos, lengths = _entries(rows)
+    prefix = rows["prefix"].to_numpy().astype(np.int64)
+    tgt = np.flatnonzero((pos >= np.maximum(prefix[row_of], 1)) & (split == TRAIN))      # ascending
+    r = row_of[tgt]
+    count = np.bincount(r, minlength=len(lengths))
+    rank = np.arange(len(tgt)) - (np.cumsum(count) - count)[r]             # index among its row's targets
+    from_end = (count[r] - 1 - rank) // max_length                           # window number from the row's end
+    n_win = -(-count // max_length)
+    win = (np.cumsum(n_win) - n_win)[r] + n_win[r] - 1 - from_end
+    slot = rank - np.maximum(count[r] - (from_end + 1) * max_length, 0)
+    shape = (int(n_win.sum()), max_length)
+    ts = _flat(rows["timestamp"])[1].to_numpy().astype(np.int64)
+
+    def place(values: np.ndarray, fill=0) -> np.ndarray:
+        out = np.full(shape + values.shape[1:], fill, dtype=values.dtype)
+        out[win, slot] = values
+        return out
+
+    start = rows["start"].to_numpy().astype(np.int64)
+    out = {"user_idx": rows["user_idx"].to_numpy().astype(np.int64)[np.repeat(np.arange(len(lengths)), n_win)],
+           "items": place(items[tgt - 1]), "targets": place(items[tgt]), "positions": place(start[r] + pos[tgt]),
+           "timestamps": place(ts[tgt - 1]), "mask": place(np.ones(len(tgt), bool), False)}
+    derived = context_features(ts[tgt])
+    for f in schema.context_features:
+        out[f.name] = place(_context_column(f, rows, tgt, derived))
+    if schema.weighted:
+        out["weight"] = place(_flat(rows["weight"])[1].to_numpy().astype(np.float32)[tgt])
     return out
 
 
@@ -219,8 +278,8 @@ def _seen_items(rows: pa.Table, items: np.ndarray, split: np.ndarray, lengths: n
 
 
 def example_columns(schema: DatasetSchema, with_seen: bool = False) -> list[str]:
-    """Sequence columns :func:`cut_examples` reads for ``schema``."""
-    cols = ["user_idx", "prefix", "item_idx", "timestamp", "split"]
+    """Sequence columns :func:`cut_examples` and :func:`cut_windows` read for ``schema``."""
+    cols = ["user_idx", "start", "prefix", "item_idx", "timestamp", "split"]
     cols += (["weight"] if schema.weighted else []) + [f.name for f in schema.stored_context]
     return cols + (["seen_before", "seen_before_split"] if with_seen else [])
 

@@ -21,8 +21,8 @@ import pyarrow.types as pat
 from twotower import storage
 from twotower.data.errors import DataFormatError
 from twotower.data.parquet_check import BadParquetFile, column_problem, raise_for_bad_files, read_footer
-from twotower.data.sequences import (EVENTS_KEY, SEEN_COLUMN, SEQUENCES_DIR, cut_examples, example_columns,
-                                     read_events_metadata, sequence_schema)
+from twotower.data.sequences import (EVENTS_KEY, SEEN_COLUMN, SEQUENCES_DIR, cut_examples, cut_windows,
+                                     example_columns, read_events_metadata, sequence_schema)
 from twotower.data.split import SPLITS
 from twotower.model.schema import DatasetSchema
 
@@ -140,19 +140,32 @@ def split_num_rows(dataset_dir: str | Path, split: str) -> int:
 
 
 def cut_chunks(rows: pa.Table, code: int, schema: DatasetSchema, *, with_seen: bool = False,
-               max_entries: int = CUT_ENTRIES) -> Iterator[dict[str, np.ndarray]]:
+               max_entries: int = CUT_ENTRIES, history_length: int | None = None, history_time: bool = False,
+               window_length: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """:func:`~twotower.data.sequences.cut_examples` over consecutive slices of ``rows`` holding at most
     ``max_entries`` list entries each (or one row, if longer): the same examples in the same order, in
     non-empty batches of bounded size (``user_idx``/``item_idx``/``timestamp`` int64 (B,), ``history``
-    int64 (B, N), context, ``weight``, ``seen_items`` with ``with_seen``)."""
+    int64 (B, N) (N = ``history_length``, default the schema's), ``history_timestamp`` with
+    ``history_time``, context, ``weight``, ``seen_items`` with ``with_seen``).
+
+    With ``window_length`` = L the slices are cut into training windows instead
+    (:func:`~twotower.data.sequences.cut_windows`, train split only: ``code`` must be 0): (W, L) arrays.
+
+    Raises:
+        ValueError: ``window_length`` with a split other than train.
+    """
+    if window_length is not None and code != SPLIT_CODES["train"]:
+        raise ValueError(f"windows are cut from the train split only, got split code {code}")
     lengths = pc.fill_null(pc.list_value_length(rows["item_idx"]), 0).to_numpy(zero_copy_only=False)
     ends = np.cumsum(lengths)
     start = 0
     while start < rows.num_rows:
         base = ends[start - 1] if start else 0
         stop = max(int(np.searchsorted(ends, base + max_entries, side="right")), start + 1)
-        out = cut_examples(rows.slice(start, stop - start), code, schema, with_seen=with_seen)
-        if len(out["item_idx"]):
+        part = rows.slice(start, stop - start)
+        out = cut_windows(part, schema, window_length) if window_length is not None else cut_examples(
+            part, code, schema, with_seen=with_seen, history_length=history_length, history_time=history_time)
+        if len(out["user_idx"]):
             yield out
         start = stop
 
@@ -164,10 +177,12 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def iter_split_examples(dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int = 1024, *,
-                        with_seen: bool = False, files: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                        with_seen: bool = False, files: list[str] | None = None, history_length: int | None = None,
+                        history_time: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Stream the examples of ``split`` in-process (pyarrow ``iter_batches`` over the sequence files, only
     :func:`~twotower.data.sequences.example_columns`), in file and row order, in batches of
-    ``batch_size`` examples (the last one shorter); columns as :func:`cut_chunks`.
+    ``batch_size`` examples (the last one shorter); columns as :func:`cut_chunks` (``history_length`` /
+    ``history_time`` as there).
 
     Raises:
         FileNotFoundError: no sequence file. DataFormatError: a file lacks a column (named).
@@ -186,7 +201,8 @@ def iter_split_examples(dataset_dir: str | Path, split: str, schema: DatasetSche
         if reason:
             raise DataFormatError(path, reason)
         for rb in pf.iter_batches(batch_size=READ_ROWS, columns=columns):
-            for part in cut_chunks(pa.Table.from_batches([rb]), code, schema, with_seen=with_seen):
+            for part in cut_chunks(pa.Table.from_batches([rb]), code, schema, with_seen=with_seen,
+                                   history_length=history_length, history_time=history_time):
                 pending.append(part)
                 n += len(part["item_idx"])
                 if n < batch_size:

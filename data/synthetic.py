@@ -13,7 +13,11 @@ Planted structure (all drawn from ``seed``):
 * each interaction: the cluster is the user's own with probability ``in_cluster`` (else uniform);
   the window is the window of the interaction's hour with probability ``window_match`` (else
   uniform); the item is drawn by popularity within (cluster, window). So the hour changes which
-  items are relevant. Rating: 4-5 for own-cluster draws, 1-3 otherwise (float32).
+  items are relevant.
+* sequential structure (``successor`` = s > 0): a fixed random permutation ``succ`` of the items, and
+  every interaction after a user's first is, with probability s, the successor ``succ(previous item)``
+  of the user's previous one instead of a fresh draw (chains of expected length 1 / (1 - s)): the order
+  of a user's items matters, which only a model reading the sequence in order can use. Rating: 4-5 for own-cluster draws, 1-3 otherwise (float32).
 * per-user interaction counts: ``interactions`` split exactly over users (at least
   min(3, interactions // users) each, the rest multinomial with lognormal weights); timestamps
   strictly increase along each user's sequence from a random start in 2020 (UTC), with
@@ -59,6 +63,7 @@ class _World:
     def __init__(self, users, items, interactions, seed, clusters, windows, zipf_exponent,
                  num_genres, segment_accuracy):
         rng = np.random.default_rng([seed, 0])
+        self.successor_of = np.random.default_rng([seed, 2]).permutation(items)     # 0-based item -> successor
         self.K = k = max(1, min(clusters, items // windows))
         self.W = windows
         perm = rng.permutation(items)
@@ -99,7 +104,7 @@ class _World:
         lam = rng.lognormal(0.0, 1.0, users)
         self.lengths = base_n + rng.multinomial(interactions - base_n * users, lam / lam.sum())
 
-    def block(self, seed, b, in_cluster, window_match):
+    def block(self, seed, b, in_cluster, window_match, successor=0.0):
         """Rows of users [b*BLOCK_USERS, ...): (user_idx int32, item_idx int32, ts int64,
         rating float32), sorted by user then time."""
         rng = np.random.default_rng([seed, 1, b])
@@ -119,9 +124,27 @@ class _World:
         window = np.where(rng.random(n) < window_match, hour_window, rng.integers(self.W, size=n))
         key = cluster * self.W + window + rng.random(n)
         pick = np.minimum(np.searchsorted(self.cdf, key, side="right"), len(self.cdf) - 1)
-        item = self.by_group[pick] + 1
+        item = self.by_group[pick]
+        if successor > 0:
+            item = self.follow_chains(item, rng.random(n) < successor, first)
+        item = item + 1
         rating = np.where(own, rng.integers(4, 6, n), rng.integers(1, 4, n)).astype(np.float32)
         return (user0 + 1).astype(np.int32), item.astype(np.int32), ts.astype(np.int64), rating
+
+
+    def follow_chains(self, item: np.ndarray, follow: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """0-based items (n,) where ``follow`` (n,) bool marks interactions that take the successor of the
+        previous one (never a user's first, ``first`` = their indices): item_t = succ^(t - s)(item_s), s
+        the last non-following interaction at or before t."""
+        follow = follow.copy()
+        follow[first[first < len(follow)]] = False
+        pos = np.arange(len(item))
+        start = np.maximum.accumulate(np.where(follow, 0, pos))
+        depth, out = pos - start, item[start]
+        for d in range(1, int(depth.max(initial=0)) + 1):
+            deeper = depth >= d
+            out[deeper] = self.successor_of[out[deeper]]
+        return out
 
 
 def _write(table: pa.Table, path: str) -> None:
@@ -132,23 +155,26 @@ def _write(table: pa.Table, path: str) -> None:
 def write_synthetic_tables(dest: str, users: int = 10_000, items: int = 2_000, interactions: int = 200_000,
                            seed: int = 0, history_length: int = 50, *, clusters: int = 20, windows: int = 4,
                            in_cluster: float = 0.8, window_match: float = 0.8, segment_accuracy: float = 0.8,
-                           zipf_exponent: float = 1.0, num_genres: int = 18, split: SplitSpec | None = None,
+                           zipf_exponent: float = 1.0, num_genres: int = 18, successor: float = 0.0,
+                           split: SplitSpec | None = None,
                            chunk_users: int = 50_000, block_rows: int = 2_000_000) -> tuple[DatasetSpec, dict]:
     """Generate the tables (module docstring) under ``dest`` (local or URI). Returns (spec, the parameters
     for ``stats.json["synthetic"]``).
 
     Raises:
-        ValueError: non-positive sizes or ``items < windows``.
+        ValueError: non-positive sizes, ``items < windows`` or ``successor`` outside [0, 1).
     """
     t0 = time.time()
     if users < 1 or items < windows or interactions < 1 or history_length < 1 or windows < 1:
         raise ValueError("need users >= 1, items >= windows >= 1, interactions >= 1, history_length >= 1")
+    if not 0.0 <= successor < 1.0:
+        raise ValueError(f"successor must be in [0, 1), got {successor}")
     world = _World(users, items, interactions, seed, clusters, windows, zipf_exponent, num_genres, segment_accuracy)
     storage.makedirs(storage.join(dest, "interactions"))
     n_blocks, pending, part, done = -(-users // BLOCK_USERS), [], 0, 0
     per_chunk = max(1, chunk_users // BLOCK_USERS)
     for b in range(n_blocks):
-        pending.append(world.block(seed, b, in_cluster, window_match))
+        pending.append(world.block(seed, b, in_cluster, window_match, successor))
         if len(pending) < per_chunk and b + 1 < n_blocks:
             continue
         u, i, ts, r = (np.concatenate(c) for c in zip(*pending))
@@ -176,7 +202,7 @@ def write_synthetic_tables(dest: str, users: int = 10_000, items: int = 2_000, i
         history_length=history_length, split=split or SplitSpec(), block_rows=block_rows)
     params = {"clusters": world.K, "windows": windows, "window_hours": 24 / windows, "in_cluster": in_cluster,
               "window_match": window_match, "segment_accuracy": segment_accuracy, "zipf_exponent": zipf_exponent,
-              "num_genres": num_genres, "block_users": BLOCK_USERS, "seed": seed,
+              "num_genres": num_genres, "successor": successor, "block_users": BLOCK_USERS, "seed": seed,
               "truth_files": ["synthetic_truth_users.parquet", "synthetic_truth_items.parquet"]}
     write_truth(world, dest)
     return spec, params

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from twotower.model.config import ModelConfig
 
@@ -24,7 +24,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(default_factory=ModelConfig)
-    batch_size: int = Field(1024, ge=2, description="per-worker batch size")
+    examples: Literal["event", "sequence"] = Field(
+        "event", description="event: one example per train interaction (history -> item); sequence: windows of "
+                             "max_sequence_length train interactions of one user, a query at every position "
+                             "(history_pooling transformer, softmax loss, user_tower or trilinear)")
+    batch_size: int = Field(1024, ge=2, description="per-worker batch size (examples: sequence: windows)")
     epochs: int = Field(20, ge=1)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0, description="not applied to sparse ID tables")
@@ -57,6 +61,16 @@ class TrainConfig(BaseModel):
     stall_timeout_s: float = Field(600.0, gt=0.0, description="fail if no training step, validation batch or report happens for this many seconds (start-up included)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
+
+    @model_validator(mode="after")
+    def _sequence_examples_need_the_encoder(self) -> "TrainConfig":
+        m = self.model
+        if self.examples == "sequence" and (m.history_pooling != "transformer" or m.loss != "softmax"
+                                            or m.context_mode.value == "scoring_layer"):
+            raise ValueError(f"examples: sequence trains history_pooling: transformer with loss: softmax in "
+                             f"user_tower or trilinear mode; got history_pooling {m.history_pooling}, loss {m.loss}, "
+                             f"context_mode {m.context_mode.value}")
+        return self
 
     @property
     def eval_cutoffs(self) -> list[int]:
@@ -109,6 +123,8 @@ class TrainConfig(BaseModel):
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "value_error":      # a check across keys (model validators): its message names them
+                raise ConfigError(f"config{f' key {loc!r}' if loc else ''}: {first['msg']}") from e
             raise ConfigError(f"config key {loc!r}: {first['msg']} (got {first.get('input')!r})") from e
 
     def to_yaml(self) -> str:

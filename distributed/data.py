@@ -9,7 +9,10 @@ format in :mod:`twotower.data.sequences`)::
       .map_batches(cut_chunks, split code)               # pyarrow sequence rows -> the split's examples in
                                                          # model dtypes (ids int64 (B,), history (B, N)
                                                          # int64, context, weight, seen_items for valid);
-                                                         # Ray Data tasks, not the training workers
+                                                         # Ray Data tasks, not the training workers.
+                                                         # examples: sequence -> train windows (W, L)
+                                                         # (cut_windows: items, targets, positions,
+                                                         # timestamps, mask, per-position context)
       [.repartition(target_num_rows_per_block=R)]        # eval splits only: small blocks (streaming)
 
 Sharding (``TwoTowerDataConfig``): every dataset is ``streaming_split`` across the training workers.
@@ -19,6 +22,11 @@ worker with one step more would wait forever in an all-reduce). Ray 2.60's defau
 also splits with ``equal=True``; we subclass it only so that evaluation splits use ``equal=False``
 (no example is dropped, metrics stay exact; validation has no per-batch collectives, so unequal
 shards are fine). Each worker streams its shard: no worker ever holds the whole dataset.
+
+History length: N = the model's (``twotower.model.sequence.history_length``: ``max_sequence_length``
+for the transformer encoder, else ``schema.history_length``), plus ``history_timestamp`` when the
+model embeds time gaps. Training on every position (``examples: sequence``) cuts the train split into
+windows of ``max_sequence_length`` instead; valid stays per event (the second-last interaction).
 
 Shuffling (train only): the order of the parquet *files* is reshuffled at every epoch
 (``FileShuffleConfig(seed, reseed_after_execution=True)``) and examples are mixed in a per-worker
@@ -69,8 +77,10 @@ from twotower.data.parquet_check import find_unreadable_file
 from twotower.data.sequences import SEEN_COLUMN, example_columns
 from twotower.data.splits import cut_chunks, sequence_files, sequence_required_columns, split_code
 from twotower.model.batch import as_tensors
+from twotower.model.config import ModelConfig
 from twotower.model.metrics import EVAL_BATCH_SIZE
 from twotower.model.schema import DatasetSchema
+from twotower.model.sequence import history_length, uses_history_time
 
 EVAL_ROWS_PER_BLOCK = 256
 
@@ -103,14 +113,16 @@ def raise_for_unreadable_input(error: BaseException, files: dict[str, list[str]]
                                         f"failed with {type(error).__name__}") from error
 
 
-def shuffle_buffer_rows(batch_size: int) -> int:
-    """Examples held in each worker's local shuffle buffer: 8 batches, at least 10k (~5 MB at N=50)."""
-    return max(8 * batch_size, 10_000)
+def shuffle_buffer_rows(batch_size: int, windows: bool = False) -> int:
+    """Examples held in each worker's local shuffle buffer: 8 batches, at least 10k (~5 MB at N=50);
+    for sequence windows (~12 KB each at L=200) 8 batches only."""
+    return 8 * batch_size if windows else max(8 * batch_size, 10_000)
 
 
 def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, with_seen: bool = False,
                shuffle_seed: int | None = None, rows_per_block: int | None = None,
-               files: list[str] | None = None) -> "ray.data.Dataset":
+               files: list[str] | None = None, history_length: int | None = None, history_time: bool = False,
+               window_length: int | None = None) -> "ray.data.Dataset":
     """Lazy Ray Dataset of one split's examples, cut from the sequence files (see the module docstring).
 
     Columns: ``user_idx``/``item_idx``/``timestamp`` int64 (B,), ``history`` int64 (B, N), every context
@@ -122,6 +134,9 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
         shuffle_seed: if not None, reshuffle the file order every execution (epoch) from this seed.
         rows_per_block: if set, stream-repartition into blocks of at most this many examples.
         files: read only these sequence files (default: all; see ``check_splits``).
+        history_length / history_time: N of ``history`` (default the schema's) and ``history_timestamp``.
+        window_length: cut training windows of this length instead of examples (train only;
+            ``twotower.data.sequences.cut_windows``).
 
     Raises:
         FileNotFoundError: the dataset has no sequence files. ValueError: an unknown split.
@@ -138,7 +153,8 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
     finally:
         ctx.use_datasource_v2 = previous
     ds = ds.map_batches(cut_chunks, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                        fn_kwargs={"code": code, "schema": schema, "with_seen": with_seen})
+                        fn_kwargs={"code": code, "schema": schema, "with_seen": with_seen, "history_length": history_length,
+                                   "history_time": history_time, "window_length": window_length})
     if rows_per_block is not None:
         ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     ds.context.enable_progress_bars = False
@@ -147,16 +163,21 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
 
 
 def build_datasets(dataset_dir: str | Path, schema: DatasetSchema, seed: int = 0,
-                   files: Mapping[str, list[str]] | None = None) -> dict[str, "ray.data.Dataset"]:
+                   files: Mapping[str, list[str]] | None = None, model: ModelConfig | None = None,
+                   examples: str = "event") -> dict[str, "ray.data.Dataset"]:
     """``{"train": ..., "valid": ...}`` for ``TorchTrainer(datasets=...)``; train reshuffles files per epoch.
 
-    ``files``: the sequence files to read per split (``check_splits``); default all of them.
+    ``files``: the sequence files to read per split (``check_splits``); default all of them. ``model``:
+    gives the history the examples carry (default: the schema's); ``examples="sequence"``: train is cut
+    into windows of ``model.max_sequence_length`` (see the module docstring).
     """
-    files = files or {}
+    files, model = files or {}, model or ModelConfig()
+    hist = {"history_length": history_length(schema, model), "history_time": uses_history_time(model)}
+    windows = {"window_length": model.max_sequence_length} if examples == "sequence" else hist
     return {
-        "train": read_split(dataset_dir, "train", schema, shuffle_seed=seed, files=files.get("train")),
+        "train": read_split(dataset_dir, "train", schema, shuffle_seed=seed, files=files.get("train"), **windows),
         "valid": read_split(dataset_dir, "valid", schema, with_seen=True, rows_per_block=EVAL_ROWS_PER_BLOCK,
-                            files=files.get("valid")),
+                            files=files.get("valid"), **hist),
     }
 
 
@@ -192,17 +213,18 @@ class TwoTowerDataConfig(ray.train.DataConfig):
 
 
 def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: int,
-                       device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+                       device: torch.device | str = "cpu", windows: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """This worker's training batches for one epoch: dicts of tensors on ``device``: ``user_idx``,
     ``item_idx``, ``timestamp`` int64 (B,), ``history`` int64 (B, N), every context feature, and ``weight``
-    float32 (B,) for a weighted dataset.
+    float32 (B,) for a weighted dataset; with ``windows`` (``examples: sequence``) B windows as
+    ``twotower.data.sequences.cut_windows`` cuts them.
 
     ``drop_last=True``: only full batches, so with ``equal=True`` shards every worker takes the same
     number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, epoch, rank).
     """
     return shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, device=device,
-        local_shuffle_buffer_size=shuffle_buffer_rows(batch_size),
+        local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
         local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
 
 

@@ -4,7 +4,8 @@ Metrics reported to Ray Train once per epoch (rank 0's values are the ones Ray k
 ``epoch`` (1-based), ``train_loss`` (mean over all workers' steps), ``valid_<metric>`` for every
 metric of ``RankingAccumulator.finalize`` (``valid_recall@10``, ``valid_ndcg@10``,
 ``valid_sampled_hr@10``, ...), ``steps`` (per worker), ``seconds`` (epoch wall time),
-``examples_per_s`` (training examples of all workers per training second), ``best_epoch``,
+``examples_per_s`` (training examples of all workers per training second; positions for
+``examples: sequence``), ``best_epoch``,
 ``best_valid_recall@k`` and ``stop`` (1 when early stopping ends the run after this epoch).
 
 The loop reads top to bottom: :func:`setup` (seed, model, restored state, DDP, optimizer), then the
@@ -68,15 +69,15 @@ def train_loop_per_worker(config: dict) -> dict:
         model.train()
         steps, loss_sum, examples = 0, 0.0, 0
         for batch in iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=w.rank,
-                                        device=w.device):
+                                        device=w.device, windows=cfg.examples == "sequence"):
             out = compute_loss(model, batch, gather=gather, rank=w.rank, generator=generator)
             check_finite(out.logs["loss"], epoch, steps + 1, w.rank)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
-            steps, loss_sum, examples = steps + 1, loss_sum + out.logs["loss"], examples + len(batch["item_idx"])
+            steps, loss_sum, examples = steps + 1, loss_sum + out.logs["loss"], examples + batch_examples(batch)
             w.after_step(epoch, steps, examples, t0)
-            if steps >= run.steps_per_epoch:
+            if steps >= run.step_cap:
                 break
         train_seconds = time.perf_counter() - t0
         totals = all_reduce_sums({"loss": loss_sum, "steps": steps, "examples": examples}, w.device)
@@ -174,6 +175,11 @@ def restore(run: ResolvedRun, model: TwoTowerModel, w: Worker) -> tuple[TrainSta
         w.say(f"resuming after epoch {state.epoch} from {run.resume.path}")
     w.progress.beat(force=True, stage="resumed", epoch=state.epoch)
     return state, loaded
+
+
+def batch_examples(batch: dict[str, torch.Tensor]) -> int:
+    """Examples a training batch holds: its rows, or for sequence windows its valid positions."""
+    return int(batch["mask"].sum()) if "mask" in batch else len(batch["item_idx"])
 
 
 def check_finite(loss: float, epoch: int, step: int, rank: int) -> None:

@@ -150,7 +150,8 @@ def _fit_task(train_loop, loop_config: dict) -> dict:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,
                                                checkpoint_score_attribute=cfg.monitor_key,
                                                checkpoint_score_order="max")),
-        datasets=build_datasets(run.dataset_dir, run.schema, seed=cfg.seed, files=run.files),
+        datasets=build_datasets(run.dataset_dir, run.schema, seed=cfg.seed, files=run.files, model=cfg.model,
+                                examples=cfg.examples),
         dataset_config=TwoTowerDataConfig())
     result = trainer.fit()
     return {"path": result.path, "best_checkpoints": result.best_checkpoints or [],

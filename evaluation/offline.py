@@ -20,14 +20,15 @@ from twotower.model.metrics import RankingAccumulator, eval_batch_size, populari
 from twotower.model.schema import DatasetSchema
 
 
-def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int = 1024
+def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int = 1024, *,
+                       history_length: int | None = None, history_time: bool = False
                        ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
     """Stream the examples of a valid/test split (local or URI; pyarrow ``iter_batches`` over the sequence
     files, only the columns ``cut_examples`` reads): (model columns, seen item arrays) per batch.
 
     Examples come in file and row order, in batches of ``batch_size`` (the last one shorter), cut by
     :func:`~twotower.data.sequences.cut_examples`: ids and ``timestamp`` int64 (B,), ``history`` (B, N)
-    int64, context float32/int64, ``weight`` for a weighted dataset; the seen arrays are int64, the
+    int64 (N = ``history_length``, default the schema's; ``history_timestamp`` with ``history_time``), context float32/int64, ``weight`` for a weighted dataset; the seen arrays are int64, the
     user's items of the earlier splits (excluded at ranking).
 
     Raises:
@@ -36,7 +37,8 @@ def iter_split_batches(dataset_dir: str | Path, split: str, schema: DatasetSchem
     """
     if split not in ("valid", "test"):
         raise ValueError(f"evaluation ranks a valid or test split, got {split!r}")
-    for batch in iter_split_examples(dataset_dir, split, schema, batch_size, with_seen=True):
+    for batch in iter_split_examples(dataset_dir, split, schema, batch_size, with_seen=True,
+                                     history_length=history_length, history_time=history_time):
         seen = [np.asarray(s, np.int64) for s in batch.pop(SEEN_COLUMN)]
         yield batch, seen
 
@@ -82,7 +84,9 @@ def evaluate(checkpoint_dir: str | Path, dataset_dir: str | Path, split: str = "
         accs["index"] = RankingAccumulator(ks, schema.num_items)
     item_embs = model.all_item_embeddings()
     batch_size = batch_size or eval_batch_size(schema.num_items)
-    for numpy_batch, seen in iter_split_batches(dataset_dir, split, schema, batch_size):
+    for numpy_batch, seen in iter_split_batches(dataset_dir, split, schema, batch_size,
+                                                history_length=model.history_length,
+                                                history_time=model.uses_history_time):
         batch = as_tensors(numpy_batch, device)
         target, users = batch["item_idx"], batch["user_idx"]
         exact = model.rank_scores(batch, item_embs)

@@ -67,6 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     syn.add_argument("--interactions", type=int, required=True)
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--clusters", type=int, default=20)
+    syn.add_argument("--successor", type=float, default=0.0,
+                     help="probability that an interaction is the successor of the user's previous item "
+                          "(planted sequential structure; default 0)")
     syn.add_argument("--chunk-users", type=int, default=50_000)
     _add_common(syn)
     parser.set_defaults(func=run)
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             stats = sources.prepare_movielens(args.out, args.variant, src=src, min_rating=args.min_rating, **common)
         elif args.source == "synthetic":
             stats = sources.prepare_synthetic(args.out, args.users, args.items, args.interactions, args.seed,
-                                              clusters=args.clusters, chunk_users=args.chunk_users, **common)
+                                              clusters=args.clusters, chunk_users=args.chunk_users,
+                                              successor=args.successor, **common)
     except (DataFormatError, FileExistsError, FileNotFoundError, DownloadError, ValueError) as e:
         print(f"twotower prepare: error: {e}", file=sys.stderr)
         return 2

@@ -94,14 +94,13 @@ def write_user_cache(args: argparse.Namespace) -> str:
             see :func:`twotower.serve.loading.resolve_dataset`.
     """
     from twotower.model.checkpoint import load_checkpoint
-    from twotower.serve.loading import resolve_dataset
+    from twotower.serve.loading import load_user_state, resolve_dataset
     from twotower.serve.user_cache import build_user_cache, save_user_cache
-    from twotower.serve.user_state import UserState
 
     if not args.checkpoint:
         raise ValueError("--write-user-cache needs --checkpoint")
     info = read_checkpoint(args.checkpoint)
-    state = UserState.load(resolve_dataset(info, args.dataset), info.schema)
+    state = load_user_state(info, resolve_dataset(info, args.dataset))
     table = build_user_cache(load_checkpoint(info.path, info=info).model, state)
     return save_user_cache(args.write_user_cache, table, info.model_sha256, state)
 

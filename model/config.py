@@ -4,7 +4,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ContextMode(str, Enum):
@@ -36,6 +36,14 @@ class ModelConfig(BaseModel):
     ID tables (``twotower.model.embeddings``): ``sparse_id_embeddings`` makes the user and item ID
     embeddings produce sparse gradients (optimised by ``twotower.model.optim.build_optimizer``);
     ``user_id_buckets`` / ``item_id_buckets`` replace one row per id by a hashed table of that many rows.
+
+    History encoders (``history_pooling``): ``mean`` / ``attention`` pool the last N items;
+    ``transformer`` is the causal self-attention encoder of ``twotower.model.sequence`` (``sequence_*``
+    keys, ``max_sequence_length``, ``time_gap_buckets``). ``in_batch_candidates`` is a loss key of
+    sequence training (``examples: sequence``): the shared in-batch candidates per step.
+
+    Raises (pydantic ``ValidationError``): ``sequence_heads`` does not divide ``item_embedding_dim``
+    (the encoder's width) when ``history_pooling`` is ``transformer``.
     """
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
@@ -49,7 +57,18 @@ class ModelConfig(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     layer_norm: bool = True
     l2_normalize: bool = True
-    history_pooling: Literal["mean", "attention", "none"] = "mean"
+    history_pooling: Literal["mean", "attention", "none", "transformer"] = "mean"
+    max_sequence_length: int = Field(
+        50, ge=1, description="transformer: most recent items the encoder reads (history length of its "
+                              "per-event examples, window length of sequence training)")
+    sequence_layers: int = Field(2, ge=1, description="transformer: pre-norm causal self-attention blocks")
+    sequence_heads: int = Field(1, ge=1, description="transformer: attention heads (divide item_embedding_dim)")
+    sequence_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="transformer: dropout of inputs and blocks")
+    sequence_input: Literal["id", "item_tower"] = Field(
+        "id", description="transformer inputs: the item ID embeddings shared with the item tower, or the "
+                          "item tower's representations (projected to item_embedding_dim)")
+    time_gap_buckets: int = Field(
+        0, ge=0, description="transformer: embed log2 buckets of the gap to the previous item (0 = off)")
     context_mode: ContextMode = ContextMode.USER_TOWER
     scoring_hidden_dims: list[int] = Field(default_factory=lambda: [64])
     rerank_depth: int = Field(100, ge=1, description="scoring_layer: dot-product candidates re-ranked by the head")
@@ -66,3 +85,13 @@ class ModelConfig(BaseModel):
     logq_correction: bool = True
     mask_accidental_hits: bool = True
     num_negatives: int = Field(0, ge=0, description="softmax: extra uniform negatives per batch; bce: per positive")
+    in_batch_candidates: int | None = Field(
+        None, ge=1, description="sequence training: shared negatives per step sampled (with replacement) from "
+                                "the batch's positives of every position; None = all of them")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.history_pooling == "transformer" and self.item_embedding_dim % self.sequence_heads:
+            raise ValueError(f"sequence_heads {self.sequence_heads} must divide item_embedding_dim "
+                             f"{self.item_embedding_dim} (the encoder's width)")
+        return self

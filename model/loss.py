@@ -34,6 +34,26 @@ reduced by the weighted mean
 
 over this worker's B rows (with several workers, DDP averages the workers' gradients; 0 when every
 weight is 0).
+
+Training on every position (``examples: sequence``, :func:`sequence_softmax_loss`; SASRec's next-item
+objective, Kang & McAuley, ICDM 2018, with the sampled softmax above instead of its BCE): a batch holds
+windows of users' items; each valid position p (``mask``; P of them) is a query q_p predicting its next
+item y_p. One candidate set S is shared by every position: the positives of the batch's positions (all
+of them, or ``in_batch_candidates`` = C drawn uniformly with replacement; with ``gather_negatives``
+those of every worker) plus M uniform extra negatives. Each position also scores its own positive:
+
+    logit[p, +] = <q_p, v_{y_p}> / temperature - log Q_{y_p}          (the label column)
+    logit[p, s] = <q_p, v_s> / temperature - log Q_s                  s in S
+    logit[p, s] = -inf   where s is p's own entry (the label again), and with mask_accidental_hits where
+                         item_s == y_p (accidental hit) or s is a later position of the same user
+                         (user_s == user_p and pos_s > pos_p: that user's own future positives)
+    l_p = -log softmax(logit[p, :])[+]
+    Q_j = K * p_j + M / N     (K = positive columns of S: the C draws of every worker, or the P positions)
+
+Per-position weighting: every position counts once, ``loss = sum_p w_p l_p / sum_p w_p`` over the P
+positions of this worker's batch (w_p = 1, or the weight of the target event on a weighted dataset): a
+window of 200 positions weighs 200 times a window of one. With all positions as candidates and no
+masking, l_p is exactly the in-batch softmax above with the P positions as its B rows.
 """
 from __future__ import annotations
 
@@ -98,6 +118,39 @@ def sampled_softmax_loss(query: torch.Tensor, candidates: torch.Tensor, candidat
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
 
 
+def sequence_softmax_loss(query: torch.Tensor, positive: torch.Tensor, positive_idx: torch.Tensor,
+                          positive_owner: torch.Tensor, candidates: torch.Tensor, candidate_idx: torch.Tensor,
+                          candidate_owner: torch.Tensor, temperature: float, positive_log_q: torch.Tensor | None,
+                          candidate_log_q: torch.Tensor | None, mask_accidental_hits: bool,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy of every position over its positive + shared candidates (module docstring).
+
+    Args:
+        query: (P, D) float32, one row per position. positive: (P, D) float32 representations of each
+            position's next item; positive_idx: (P,) int64 its item index. positive_owner: (P, 2) int64
+            (user index, position in the user's sequence) of each positive.
+        candidates: (C, D) float32 shared candidates; candidate_idx: (C,) int64 (0 = an empty slot, never a
+            candidate); candidate_owner: (C, 2) int64 ((-1, -1) for extra uniform negatives).
+        temperature: logits are divided by it. positive_log_q / candidate_log_q: (P,) / (C,) float32 log Q,
+            or None (no correction). mask_accidental_hits: mask hits and the same user's later positives.
+        weight: (P,) float32 per-position weights or None.
+    Returns: scalar :func:`weighted_mean` of the per-position losses.
+    """
+    pos = (query * positive).sum(-1, keepdim=True) / temperature                       # (P, 1)
+    logits = query @ candidates.T / temperature                                        # (P, C)
+    if positive_log_q is not None:
+        pos = pos - positive_log_q.unsqueeze(1)
+        logits = logits - candidate_log_q.unsqueeze(0)
+    same_user = positive_owner[:, :1] == candidate_owner[:, 0].unsqueeze(0)            # (P, C)
+    pos_p, pos_c = positive_owner[:, 1:], candidate_owner[:, 1].unsqueeze(0)
+    drop = (same_user & (pos_c == pos_p)) | (candidate_idx == 0).unsqueeze(0)
+    if mask_accidental_hits:
+        drop = drop | (candidate_idx.unsqueeze(0) == positive_idx.unsqueeze(1)) | (same_user & (pos_c > pos_p))
+    logits = torch.cat([pos, logits.masked_fill(drop, NEG_INF)], dim=1)
+    labels = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
+
+
 def head_softmax_loss(head_logits: torch.Tensor, head_candidates: torch.Tensor,
                       mask_accidental_hits: bool, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``scoring_layer``: softmax over head scores (B, C) with the positive in column 0; candidates (B, C)
@@ -128,13 +181,16 @@ def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Calla
 
     Args:
         batch: model input tensors (see TwoTowerModel); B rows; ``weight`` (B,) float32 when the dataset
-            is weighted (the module docstring's weighted mean).
+            is weighted (the module docstring's weighted mean). A sequence batch (``targets``, windows
+            of B users) gets :func:`sequence_softmax_loss` over its P valid positions.
         gather: optional ``f(t) -> cat of t over all workers`` (dim 0) keeping the local gradient; when given,
             in-batch negatives come from every worker (all workers must use the same B).
         rank: this worker's rank; its rows sit at ``rank * B`` in gathered tensors.
         generator: RNG for sampled negatives (CPU generator).
     """
     core = getattr(model, "module", model)
+    if "targets" in batch:
+        return _sequence_loss(model, core, batch, gather, rank, generator)
     cfg, num_items = core.cfg, core.schema.num_items
     item_idx, weight = batch["item_idx"], batch.get("weight")
     b, m = len(item_idx), cfg.num_negatives
@@ -158,6 +214,42 @@ def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Calla
     labels = torch.arange(b, device=device) + offset
     loss = sampled_softmax_loss(out.query, cand, cand_idx, labels, cfg.temperature, cand_log_q,
                                 cfg.mask_accidental_hits, weight)
+    return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()}, weight)
+
+
+def _sequence_loss(model, core, batch: dict[str, torch.Tensor], gather: Callable | None, rank: int,
+                   generator: torch.Generator | None) -> LossOutput:
+    """:func:`sequence_softmax_loss` of a sequence batch (module docstring); ``rank`` is unused: a
+    position's own entry is recognised by its (user, position) owner, wherever it was gathered from."""
+    cfg, num_items = core.cfg, core.schema.num_items
+    mask, m = batch["mask"], cfg.num_negatives
+    device = mask.device
+    extra_idx = torch.randint(1, num_items, (m,), generator=generator).to(device) if m > 0 else None
+    out = model(batch, extra_item_idx=extra_idx)
+    pos_idx = batch["targets"][mask]
+    owner = torch.stack([batch["user_idx"].unsqueeze(1).expand_as(mask)[mask], batch["positions"][mask]], dim=1)
+    cand, cand_idx, cand_owner = out.items, pos_idx, owner
+    if cfg.in_batch_candidates is not None:           # C draws with replacement: the same shape on every worker
+        cols = torch.randint(0, max(len(pos_idx), 1), (cfg.in_batch_candidates,), generator=generator).to(device)
+        cand, cand_idx, cand_owner = cand[cols], cand_idx[cols], cand_owner[cols]
+    elif gather is not None:                          # every (B * L) slot, empty ones with item 0
+        slots = mask.flatten().nonzero().squeeze(1)
+        cand = out.items.new_zeros(mask.numel(), out.items.shape[1]).index_put((slots,), out.items)
+        cand_idx = pos_idx.new_zeros(mask.numel()).index_put((slots,), pos_idx)
+        cand_owner = owner.new_full((mask.numel(), 2), -1).index_put((slots,), owner)
+    if gather is not None:
+        cand, cand_idx, cand_owner = gather(cand), gather(cand_idx), gather(cand_owner)
+    k = int((cand_idx > 0).sum())
+    if extra_idx is not None:
+        cand, cand_idx = torch.cat([cand, out.extra_items]), torch.cat([cand_idx, extra_idx])
+        cand_owner = torch.cat([cand_owner, cand_owner.new_full((m, 2), -1)])
+    pos_log_q = cand_log_q = None
+    if cfg.logq_correction:
+        pos_log_q = log_q(core.item_prob, pos_idx, k, m, num_items)
+        cand_log_q = log_q(core.item_prob, cand_idx, k, m, num_items)
+    weight = batch["weight"][mask] if "weight" in batch else None
+    loss = sequence_softmax_loss(out.query, out.items, pos_idx, owner, cand, cand_idx, cand_owner, cfg.temperature,
+                                 pos_log_q, cand_log_q, cfg.mask_accidental_hits, weight)
     return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()}, weight)
 
 

@@ -11,6 +11,7 @@ from .config import ModelConfig
 from .embeddings import id_embedding
 from .features import FeatureEncoder, HistoryPooling, mlp
 from .schema import DatasetSchema, Feature
+from .sequence import SequenceEncoder, chronological, last_position
 
 
 def table_spec(f: Feature) -> tuple[tuple[int, ...], torch.dtype]:
@@ -109,14 +110,21 @@ class ItemTower(nn.Module):
 class UserTower(nn.Module):
     """(user_idx (B,), history (B, N), [context (B, C)]) -> user representation (B, D) float32.
 
-    Input = [user ID embedding, user side features, pooled history of item ID embeddings (shared with
-    the item tower), context features when ``with_context``] -> MLP -> D, L2-normalised when configured.
+    Input = [user ID embedding, user side features, history vector, context features when
+    ``with_context``] -> MLP -> D, L2-normalised when configured. The history vector is the mean /
+    attention pooling of the history's item ID embeddings (shared with the item tower), or with
+    ``history_pooling: transformer`` the causal encoder's output at the last history item
+    (``twotower.model.sequence``; its inputs are the shared item ID embeddings, or with
+    ``sequence_input: item_tower`` the item tower's representations through a linear map D -> E).
     User side features come from the table held by the tower, or from ``overrides`` (cold start: a
     request supplies features for an unknown user, whose ID index is 0 and embeds to zero).
+
+    :meth:`forward_sequence` is the every-position form of the same tower (sequence training): items
+    (B, L) oldest first -> (B, L, D), position t's row equal to :meth:`forward` on the history x_t..x_0.
     """
 
     def __init__(self, schema: DatasetSchema, cfg: ModelConfig, user_table: dict[str, np.ndarray] | None,
-                 item_id_embedding: nn.Embedding, context_dim: int):
+                 item_id_embedding: nn.Embedding, context_dim: int, item_tower: ItemTower | None = None):
         super().__init__()
         self.features = schema.user_features
         self.id_embedding = id_embedding(schema.num_users, cfg.user_embedding_dim, cfg.user_id_buckets,
@@ -125,21 +133,64 @@ class UserTower(nn.Module):
         _register_table(self, self.features, schema.num_users, user_table)
         self.item_id_embedding = item_id_embedding
         self.pooling = HistoryPooling(cfg.item_embedding_dim, cfg.history_pooling, schema.history_length) \
-            if cfg.history_pooling != "none" else None
+            if cfg.history_pooling in ("mean", "attention") else None
+        self.sequence = None
+        if cfg.history_pooling == "transformer":
+            self.sequence = SequenceEncoder(cfg.item_embedding_dim, cfg.sequence_layers, cfg.sequence_heads,
+                                            cfg.sequence_dropout, cfg.max_sequence_length, cfg.time_gap_buckets)
+            if cfg.sequence_input == "item_tower":
+                self._item_tower = [item_tower]        # a reference, not a submodule: its weights stay in item_tower.*
+                self.item_input = nn.Linear(cfg.final_embedding_dim, cfg.item_embedding_dim)
         in_dim = cfg.user_embedding_dim + self.encoder.out_dim + context_dim
-        in_dim += cfg.item_embedding_dim if self.pooling is not None else 0
+        in_dim += cfg.item_embedding_dim if cfg.history_pooling != "none" else 0
         self.mlp = mlp(in_dim, cfg.hidden_dims, cfg.final_embedding_dim, cfg.activation, cfg.dropout,
                        cfg.layer_norm)
         self.normalize = cfg.l2_normalize
 
-    def forward(self, user_idx: torch.Tensor, history: torch.Tensor, context: torch.Tensor | None = None,
-                overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
+        """Encoder / pooling inputs (..., E) of item indices (...) int64 (see the class docstring)."""
+        if self.sequence is not None and hasattr(self, "item_input"):
+            return self.item_input(self._item_tower[0](items.reshape(-1)).view(*items.shape, -1))
+        return self.item_id_embedding(items)
+
+    def history_vector(self, history: torch.Tensor, history_time: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, E) summary of history (B, N) (most recent first, 0-padded; ``history_time`` (B, N) its
+        timestamps, read only with time-gap buckets)."""
+        if self.sequence is None:
+            return self.pooling(self.item_id_embedding(history), history)
+        items, times, lengths = chronological(history, self.sequence.max_length, history_time)
+        return last_position(self.sequence(self.embed_items(items), items, times), lengths)
+
+    def _user_parts(self, user_idx: torch.Tensor, overrides: dict[str, torch.Tensor] | None) -> list[torch.Tensor]:
         parts = [self.id_embedding(user_idx)]
         if self.features:
             parts.append(self.encoder(_lookup(self, self.features, user_idx, overrides)))
-        if self.pooling is not None:
-            parts.append(self.pooling(self.item_id_embedding(history), history))
-        if context is not None:
-            parts.append(context)
+        return parts
+
+    def _head(self, parts: list[torch.Tensor]) -> torch.Tensor:
         out = self.mlp(torch.cat(parts, dim=-1))
         return F.normalize(out, dim=-1) if self.normalize else out
+
+    def forward(self, user_idx: torch.Tensor, history: torch.Tensor, context: torch.Tensor | None = None,
+                overrides: dict[str, torch.Tensor] | None = None,
+                history_time: torch.Tensor | None = None) -> torch.Tensor:
+        parts = self._user_parts(user_idx, overrides)
+        if self.pooling is not None or self.sequence is not None:
+            parts.append(self.history_vector(history, history_time))
+        if context is not None:
+            parts.append(context)
+        return self._head(parts)
+
+    def forward_sequence(self, user_idx: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None,
+                         timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """Every position at once: user_idx (B,), items (B, L) int64 oldest first (0-padded on the right),
+        context (B, L, C) of each position's target event or None, timestamps (B, L) of the items
+        -> (B, L, D). Raises ValueError without the transformer encoder."""
+        if self.sequence is None:
+            raise ValueError("forward_sequence needs history_pooling: transformer")
+        length = items.shape[1]
+        parts = [p.unsqueeze(1).expand(-1, length, -1) for p in self._user_parts(user_idx, None)]
+        parts.append(self.sequence(self.embed_items(items), items, timestamps))
+        if context is not None:
+            parts.append(context)
+        return self._head(parts)

@@ -61,6 +61,14 @@ class Catalogue:
         idx = [self.vocab.get(str(i), 0) for i in item_ids]
         return np.asarray([i for i in idx if i > 0], dtype=np.int64)
 
+    def split_known(self, item_ids: Iterable[object]) -> tuple[np.ndarray, list[str]]:
+        """(int64 indices of the known ids among raw ``item_ids``, in their order, duplicates kept; the
+        unknown ids as strings, in their order)."""
+        keys = [str(i) for i in item_ids]
+        idx = [self.vocab.get(k, 0) for k in keys]
+        return (np.asarray([i for i in idx if i > 0], dtype=np.int64),
+                [k for k, i in zip(keys, idx) if i == 0])
+
     def title(self, item_idx: int) -> str | None:
         if self.titles is None or not 0 < item_idx < len(self.titles):
             return None

@@ -22,6 +22,7 @@ from twotower.data.vocab import read_vocab
 from twotower.model.checkpoint import CheckpointInfo, check_dataset, load_checkpoint
 from twotower.model.config import ContextMode
 from twotower.model.schema import DatasetSchema
+from twotower.model.sequence import history_length, uses_history_time
 
 from .catalogue import Catalogue
 from .context import context_vocabs
@@ -51,6 +52,21 @@ def resolve_dataset(info: CheckpointInfo, dataset: str | Path | None = None) -> 
     return root
 
 
+def load_user_state(info: CheckpointInfo, root: str) -> UserState:
+    """The :class:`UserState` of prepared dataset ``root`` for the checkpoint's model: histories of the
+    model's length (``twotower.model.sequence.history_length``: ``max_sequence_length`` for the
+    transformer encoder, else the dataset's).
+
+    Raises:
+        ValueError: a model with ``time_gap_buckets`` (serving keeps no history timestamps yet).
+    """
+    if uses_history_time(info.model_config):
+        raise ValueError(f"{info.path}: the model embeds time gaps (time_gap_buckets "
+                         f"{info.model_config.time_gap_buckets}), which serving does not support yet: the user "
+                         "state keeps no timestamps; serve a model trained with time_gap_buckets: 0")
+    return UserState.load(root, info.schema, history_length(info.schema, info.model_config))
+
+
 def load_serving_state(info: CheckpointInfo, dataset: str | Path | None = None) -> ServingState:
     """ServingState for the ingress (the dataset's vocabularies and interactions; no weights).
 
@@ -59,7 +75,7 @@ def load_serving_state(info: CheckpointInfo, dataset: str | Path | None = None) 
     """
     root = resolve_dataset(info, dataset)
     cfg = info.model_config
-    users = UserState.load(root, info.schema)
+    users = load_user_state(info, root)
     for f in info.schema.user_features:         # multi_hot values are raw values too (UserState.load reads
         if f.kind == "multi_hot" and f.name not in users.feature_vocabs:          # the categorical vocabularies)
             users.feature_vocabs[f.name] = read_vocab(root, f.name)
@@ -85,7 +101,7 @@ def load_encoder(info: CheckpointInfo, dataset: str | Path | None = None,
     loaded = load_checkpoint(info.path, info=info)
     table = None
     if ContextMode(info.model_config.context_mode) != ContextMode.USER_TOWER:
-        state = users if users is not None else UserState.load(resolve_dataset(info, dataset), info.schema)
+        state = users if users is not None else load_user_state(info, resolve_dataset(info, dataset))
         if user_cache is not None:
             table = load_user_cache(user_cache, info.model_sha256 or None, state)
         else:

@@ -173,7 +173,8 @@ class Recommender:
 
     def recommend(self, user_id: str | int, context: Mapping[str, Any] | None = None, k: int = 10,
                   exclude_seen: bool = True, exclude_items: Sequence[str | int] | None = None,
-                  user_features: Mapping[str, Any] | None = None) -> RecommendResponse:
+                  user_features: Mapping[str, Any] | None = None,
+                  recent_items: Sequence[str | int] | None = None) -> RecommendResponse:
         """``POST /v1/recommend`` in this process (fields as in :class:`~.schema.RecommendRequest`).
 
         Args:
@@ -182,6 +183,8 @@ class Recommender:
                 for a model without stored context fields, which must always be given).
             k: 1..1000. exclude_seen: drop every item of the user's history. exclude_items: raw item ids.
             user_features: cold-start raw values by kind (``GET /v1/model``'s ``user_feature_schema``).
+            recent_items: raw item ids the user just interacted with, oldest first (at most 200), appended
+                to the stored sequence; unknown ids are listed in ``unknown_recent_items``.
         Returns:
             RecommendResponse: ``items`` (item_id, score float, title) best first (score desc, ties by
             ascending item index), ``path``, ``cold_start_strategy``, versions, resolved ``context``.
@@ -189,7 +192,8 @@ class Recommender:
             RequestError: status 422 naming the field (``k``, ``context.day_of_week``, ``user_features.x``).
         """
         req = validated(self._recommend_request, user_id=user_id, context=context, k=k, exclude_seen=exclude_seen,
-                        exclude_items=[] if exclude_items is None else exclude_items, user_features=user_features)
+                        exclude_items=[] if exclude_items is None else exclude_items, user_features=user_features,
+                        recent_items=[] if recent_items is None else recent_items)
         return run_local(recommend(req, self.state, self.backend))
 
     def similar_items(self, item_id: str | int, k: int = 10) -> SimilarItemsResponse:

@@ -34,12 +34,15 @@ class QueryInput:
     context: {context feature: model value} (see :func:`twotower.serve.context.resolve_context`).
     user_features: {user feature: model value} overrides for unknown users (None for known users; see
         :meth:`twotower.serve.user_state.UserState.encode_user_features`).
+    extended: True when ``history`` is not the user's stored one (the request's ``recent_items`` were
+        added): the cached context-free representation is stale, so the user tower runs for this row.
     """
 
     user_idx: int
     history: np.ndarray
     context: Mapping[str, object]
     user_features: Mapping[str, object] | None = field(default=None)
+    extended: bool = False
 
 
 class QueryEncoder:
@@ -72,7 +75,7 @@ class QueryEncoder:
         request values for cold-start rows, :func:`~twotower.model.batch.feature_column` dtypes) so one
         batch can mix both."""
         user_idx = torch.as_tensor([int(q.user_idx) for q in inputs], dtype=torch.int64)
-        hist = pad_lists([q.history for q in inputs], self.schema.history_length)
+        hist = pad_lists([q.history for q in inputs], self.model.history_length)
         batch = {"user_idx": user_idx, "item_idx": torch.zeros_like(user_idx), "history": torch.from_numpy(hist)}
         batch.update({k: torch.from_numpy(v) for k, v in context_batch([q.context for q in inputs], self.schema).items()})
         cold = [r for r, q in enumerate(inputs) if q.user_features is not None]
@@ -86,9 +89,10 @@ class QueryEncoder:
 
     @torch.no_grad()
     def _user_reps(self, inputs: Sequence[QueryInput], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Context-free user representations (B, D): cache rows for known users, the user tower for the
-        others (trilinear / scoring_layer)."""
-        known = batch["user_idx"] > 0
+        """Context-free user representations (B, D): cache rows for known users with their stored history,
+        the user tower for the others (unknown users, extended histories; trilinear / scoring_layer)."""
+        extended = torch.as_tensor([q.extended for q in inputs], dtype=torch.bool)
+        known = (batch["user_idx"] > 0) & ~extended
         reps = torch.empty(len(inputs), self.dim)
         if known.any():
             reps[known] = self.user_cache[batch["user_idx"][known]]

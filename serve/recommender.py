@@ -54,6 +54,7 @@ class Plan:
     context: dict[str, object]
     exclude: np.ndarray
     query: QueryInput | None
+    unknown_recent: list[str] = field(default_factory=list)
 
 
 class Backend(Protocol):
@@ -70,17 +71,32 @@ def plan_recommend(req: RecommendRequest, state: ServingState, now: float | None
     """Validate and resolve a request. Raises RequestError (context or user_features field)."""
     context = resolve_context(req.context, state.schema, state.context_vocabs, now)
     extra = state.catalogue.lookup_many(req.exclude_items)
+    recent, unknown = state.catalogue.split_known(req.recent_items)
+    if req.exclude_seen:
+        extra = np.union1d(extra, recent)
     user_idx = state.users.lookup(req.user_id)
     if user_idx > 0:
         seen = state.users.seen(user_idx) if req.exclude_seen else np.zeros(0, np.int64)
-        query = QueryInput(user_idx, state.users.history(user_idx), context)
-        return Plan(req.user_id, req.k, "model", None, context, np.union1d(seen, extra), query)
+        history = extend_history(state.users.history(user_idx), recent)
+        query = QueryInput(user_idx, history, context, extended=len(recent) > 0)
+        return Plan(req.user_id, req.k, "model", None, context, np.union1d(seen, extra), query, unknown)
     feats = state.users.encode_user_features(req.user_features)
     kinds = {f.name: f for f in state.schema.user_features}
-    if any(informative(kinds[name], v) for name, v in feats.items()):
-        query = QueryInput(0, np.zeros(state.schema.history_length, np.int64), context, feats)
-        return Plan(req.user_id, req.k, "cold_start", "user_features", context, np.unique(extra), query)
-    return Plan(req.user_id, req.k, "cold_start", "popularity", context, np.unique(extra), None)
+    if len(recent) or any(informative(kinds[name], v) for name, v in feats.items()):
+        history = extend_history(np.zeros(state.users.history_length, np.int64), recent)
+        query = QueryInput(0, history, context, feats, extended=len(recent) > 0)
+        strategy = "recent_items" if len(recent) else "user_features"
+        return Plan(req.user_id, req.k, "cold_start", strategy, context, np.unique(extra), query, unknown)
+    return Plan(req.user_id, req.k, "cold_start", "popularity", context, np.unique(extra), None, unknown)
+
+
+def extend_history(history: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """A stored history int64 (N,) (most recent first, 0-padded) extended by ``recent`` item indices int64
+    (R,) (oldest first, as requests give them) -> int64 (N,): the N most recent items of the extended
+    sequence, most recent first, 0-padded."""
+    n = len(history)
+    out = np.concatenate([np.asarray(recent, np.int64)[::-1], history[history > 0]])[:n]
+    return np.pad(out, (0, n - len(out)))
 
 
 def rerank_merge(dot: np.ndarray, items: np.ndarray, head: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +142,8 @@ async def recommend(req: RecommendRequest, state: ServingState, backend: Backend
             version, scores, items = await backend.search(vector, plan.k, plan.exclude)
     return RecommendResponse(user_id=plan.user_id, items=_items(state, scores, items), path=plan.path,
                              cold_start_strategy=plan.strategy, model_version=state.model_version,
-                             index_version=version, context=plan.context)
+                             index_version=version, context=plan.context,
+                             unknown_recent_items=plan.unknown_recent)
 
 
 async def similar_items(req: SimilarItemsRequest, state: ServingState, backend: Backend) -> SimilarItemsResponse:

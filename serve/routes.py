@@ -70,7 +70,7 @@ def model_info(state: ServingState, statuses: list[dict]) -> ModelInfo:
     return ModelInfo(model_version=state.model_version, context_mode=state.mode.value, context_schema=fields,
                      accepts_timestamp=bool(derived_features(schema)), user_features=[f.name for f in users],
                      user_feature_schema=users, num_users=schema.num_users, num_items=schema.num_items,
-                     history_length=schema.history_length,
+                     history_length=state.users.history_length,
                      index=IndexSummary(**{**index, "num_shards": len(statuses), "shards": shards}))
 
 

@@ -18,6 +18,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValida
 
 MAX_K = 1000
 MAX_EXCLUDE_ITEMS = 10_000
+MAX_RECENT_ITEMS = 200
 RecommendPath = Literal["model", "cold_start"]     # which path answered: RecommendResponse.path
 # a character that is not whitespace in Python's sense (``str.isspace``, what ``str.strip()`` removes),
 # spelt out so that every regex dialect (ECMA 262, Python, Rust) reads the same class
@@ -123,6 +124,12 @@ class RecommendRequest(BaseModel):
         user_features: raw user feature values (``{"gender": "F", "age_bucket": "25"}``; numbers for numeric
             and bucketized features, lists for multi_hot, a text for hashed_bag, ``dim`` numbers for vector)
             used only for unknown users (cold start); values not in the feature's vocabulary count as unknown.
+        recent_items: raw item ids the user interacted with since the dataset was prepared, oldest first
+            (newest last), at most ``MAX_RECENT_ITEMS``: appended to the user's stored sequence before it is
+            encoded (the model's history is the newest ``history_length`` items of the extended sequence),
+            and excluded with ``exclude_seen``. For an unknown user they are the whole history (cold start
+            ``recent_items``). Ids not in the catalogue are left out and listed in the response's
+            ``unknown_recent_items``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -133,6 +140,7 @@ class RecommendRequest(BaseModel):
     exclude_seen: StrictBool = True
     exclude_items: list[RawId] = Field(default_factory=list, max_length=MAX_EXCLUDE_ITEMS)
     user_features: dict[str, FeatureValue] | None = None
+    recent_items: list[RawId] = Field(default_factory=list, max_length=MAX_RECENT_ITEMS)
 
 
 class SimilarItemsRequest(BaseModel):
@@ -158,18 +166,21 @@ class RecommendResponse(BaseModel):
     """Answer of ``POST /v1/recommend``.
 
     ``path``: ``model`` (known user) or ``cold_start`` (unknown user); ``cold_start_strategy``:
-    ``user_features`` (user tower with the out-of-vocabulary id, request features and context) or
-    ``popularity`` (nothing known about the user), None on the model path. ``index_version``: the index
+    ``recent_items`` (user tower with the out-of-vocabulary id and the request's recent items as its
+    history, plus any request features), ``user_features`` (the out-of-vocabulary id, request features
+    and context) or ``popularity`` (nothing known about the user), None on the model path.
+    ``unknown_recent_items``: the request's ``recent_items`` not in the catalogue (left out). ``index_version``: the index
     that answered (None on the popularity path). ``context``: the resolved context fields used.
     """
 
     user_id: str
     items: list[ScoredItem]
     path: RecommendPath
-    cold_start_strategy: Literal["user_features", "popularity"] | None = None
+    cold_start_strategy: Literal["recent_items", "user_features", "popularity"] | None = None
     model_version: str
     index_version: str | None = None
     context: dict[str, float | int | list[int] | list[float]] = Field(default_factory=dict)
+    unknown_recent_items: list[str] = Field(default_factory=list)
 
 
 class SimilarItemsResponse(BaseModel):

@@ -47,7 +47,7 @@ def user_state_fingerprint(state: UserState) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(state.offsets).tobytes())
     h.update(np.ascontiguousarray(state.items).tobytes())
-    h.update(str(state.schema.history_length).encode())
+    h.update(str(state.history_length).encode())
     return h.hexdigest()[:16]
 
 

@@ -4,7 +4,8 @@ Built once from a prepared dataset's sequences (``model/schema.py`` layout): eac
 entries, every split, in the order ``twotower prepare`` stored them (timestamp, then raw row order), so
 a user's history here is the ``history`` the model would see for a next interaction after the last one:
 
-* ``history(u)``: the N = ``history_length`` most recent items of user u over all splits, most
+* ``history(u)``: the N = ``history_length`` (the model's: ``twotower.model.sequence.history_length``,
+  the dataset's by default) most recent items of user u over all splits, most
   recent first, right-padded with 0 (:func:`twotower.model.batch.pad_lists`) -> int64 (N,);
   ``histories(users)`` -> int64 (B, N) for a batch;
 * ``seen(u)``: every distinct item of user u over all splits, ascending -> int64 (m,).
@@ -113,18 +114,23 @@ class UserState:
         offsets: int64 (num_users + 1,); ``items[offsets[u]:offsets[u+1]]`` are user u's items, most
             recent first (duplicates kept).
         items: int32 (num_interactions,).
+        history_length: N, the items :meth:`history` returns (the model's; default the schema's).
     """
 
     def __init__(self, schema: DatasetSchema, user_vocab: Mapping[str, int], offsets: np.ndarray,
-                 items: np.ndarray, feature_vocabs: Mapping[str, dict[str, int] | None] | None = None):
+                 items: np.ndarray, feature_vocabs: Mapping[str, dict[str, int] | None] | None = None,
+                 history_length: int | None = None):
         self.schema, self.num_users = schema, schema.num_users
+        self.history_length = history_length or schema.history_length
         self.user_vocab = dict(user_vocab)
         self.offsets, self.items = np.asarray(offsets, np.int64), np.asarray(items, np.int32)
         self.feature_vocabs = dict(feature_vocabs or {})
 
     @classmethod
-    def load(cls, dataset_dir: str | Path, schema: DatasetSchema | None = None) -> "UserState":
-        """Read ``vocab/users.parquet``, the user feature vocabularies and ``sequences/``.
+    def load(cls, dataset_dir: str | Path, schema: DatasetSchema | None = None,
+             history_length: int | None = None) -> "UserState":
+        """Read ``vocab/users.parquet``, the user feature vocabularies and ``sequences/``; ``history_length``:
+        N of :meth:`history` (the model's; default the schema's).
 
         Raises:
             FileNotFoundError: the dataset has no ``vocab/users.parquet`` or no sequence file.
@@ -136,7 +142,7 @@ class UserState:
             raise FileNotFoundError(f"{storage.join(root, 'vocab', 'users.parquet')}: missing (not a prepared dataset?)")
         offsets, items = _items_most_recent_first(root, schema.num_users)
         fvocabs = {f.name: read_vocab(root, f.name) for f in schema.user_features if f.kind == "categorical"}
-        return cls(schema, vocab, offsets, items, fvocabs)
+        return cls(schema, vocab, offsets, items, fvocabs, history_length)
 
     def lookup(self, user_id: str) -> int:
         """Index of raw ``user_id``; 0 (unknown) when it is not in the vocabulary."""
@@ -148,7 +154,7 @@ class UserState:
 
     def histories(self, user_idx) -> np.ndarray:
         """int64 (B, N): :meth:`history` of each of B user indices (rows of zeros for 0 and unknown ones)."""
-        n = self.schema.history_length
+        n = self.history_length
         idx = np.asarray(user_idx, np.int64).reshape(-1)
         known = (idx > 0) & (idx < self.num_users)
         lo = self.offsets[np.where(known, idx, 0)]

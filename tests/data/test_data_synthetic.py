@@ -110,3 +110,24 @@ def test_temporal_split(tmp_path):
     assert table(tmp_path / "t", "train")["timestamp"].to_numpy().max() < t_valid
     assert table(tmp_path / "t", "test")["timestamp"].to_numpy().min() >= t_test
     assert 0.05 < stats["rows"]["test"] / 10_000 < 0.15
+
+
+@pytest.mark.parametrize("successor", [0.0, 0.7])
+def test_planted_successor_chains(tmp_path, successor):
+    """With ``successor`` = s, a share s of transitions (beyond chance) goes to each item's fixed successor:
+    the modal next item of every item takes about s + (1 - s) * chance of its transitions."""
+    from twotower.data.synthetic import write_synthetic_tables
+
+    write_synthetic_tables(str(tmp_path), users=400, items=100, interactions=20_000, seed=3, successor=successor)
+    t = pq.read_table(tmp_path / "interactions").sort_by([("user_id", "ascending"), ("timestamp", "ascending")])
+    user, item = t["user_id"].to_numpy(), t["item_id"].to_numpy()
+    same = user[1:] == user[:-1]
+    prev, nxt = item[:-1][same], item[1:][same]
+    pairs = np.unique(prev * 1000 + nxt, return_counts=True)
+    modal = {}
+    for key, count in zip(*pairs):
+        modal[key // 1000] = max(modal.get(key // 1000, 0), count)
+    share = sum(modal.values()) / len(prev)
+    assert (share > 0.65) if successor else (share < 0.3)
+    with pytest.raises(ValueError, match="successor must be in"):
+        write_synthetic_tables(str(tmp_path / "bad"), users=10, items=10, interactions=100, successor=1.0)

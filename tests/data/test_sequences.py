@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from twotower.data.features import CONTEXT_FEATURES
-from twotower.data.sequences import (SEEN_COLUMN, build_sequence_rows, cut_examples, read_events_metadata,
+from twotower.data.sequences import (SEEN_COLUMN, build_sequence_rows, cut_examples, cut_windows, read_events_metadata,
                                      write_sequence_file)
 from twotower.model.schema import DatasetSchema, Feature
 
@@ -117,3 +117,57 @@ def test_cut_examples_on_a_slice_of_rows():
     assert [s.tolist() for p in parts for s in p[SEEN_COLUMN]] == [s.tolist() for s in whole[SEEN_COLUMN]]
     rows2 = pa.Table.from_batches(rows.to_batches(max_chunksize=2))      # chunked columns
     assert cut_examples(rows2, 1, schema)["history"].tolist() == whole["history"].tolist()
+
+
+def _window_reference(user, item, ts, split, cols, seq_window: int, length: int):
+    """Loop per user: targets = train interactions after the user's first (grouped by the storage row
+    that holds them), each paired with the interaction before it, in windows of ``length`` from the
+    most recent backwards."""
+    out = []
+    for u in np.unique(user):
+        mine = np.flatnonzero(user == u)
+        targets = [k for k in range(1, len(mine)) if split[mine[k]] == 0]
+        for row in sorted({k // seq_window for k in targets}):
+            ks = [k for k in targets if k // seq_window == row]
+            chunks = [ks[max(0, e - length):e] for e in range(len(ks), 0, -length)][::-1]
+            for chunk in chunks:
+                entries = [(int(item[mine[k - 1]]), int(item[mine[k]]), k, int(ts[mine[k - 1]]),
+                            float(cols["price"][mine[k]]), int(cols["device"][mine[k]]),
+                            round(float(cols["weight"][mine[k]]), 6)) for k in chunk]
+                out.append((int(u), tuple(entries)))
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 1000])
+@pytest.mark.parametrize("length", [1, 2, 5, 50])
+def test_windows_equal_the_per_user_reference(window, length):
+    user, item, ts, split, cols = _events(2, users=9)
+    schema = _schema(window)
+    rows = build_sequence_rows(user, item, ts, split, schema, cols)
+    w = cut_windows(rows, schema, length)
+    got = []
+    for i in range(len(w["user_idx"])):
+        n = int(w["mask"][i].sum())
+        assert w["mask"][i].tolist() == [True] * n + [False] * (length - n) and n > 0    # left-aligned
+        assert (w["targets"][i][n:] == 0).all() and (w["items"][i][n:] == 0).all()
+        got.append((int(w["user_idx"][i]), tuple(
+            (int(w["items"][i, s]), int(w["targets"][i, s]), int(w["positions"][i, s]), int(w["timestamps"][i, s]),
+             float(w["price"][i, s]), int(w["device"][i, s]), round(float(w["weight"][i, s]), 6)) for s in range(n))))
+    assert got == _window_reference(user, item, ts, split, cols, window, length)      # same windows, same order
+    hour = w["hour_sin"][w["mask"]]                  # context of the target event, derived from its timestamp
+    target_ts = [ts[user == u][k] for u, entries in got for (_, _, k, *_rest) in entries]
+    assert np.allclose(hour, np.sin(2 * np.pi * ((np.asarray(target_ts) % 86400) / 3600) / 24), atol=1e-5)
+    assert w["tags"].shape == (len(got), length, 2) and w["items"].dtype == np.int64
+
+
+def test_long_history_examples_see_the_whole_row_and_their_timestamps():
+    user, item, ts, split, cols = _events(3, users=5)
+    schema = _schema(1000)
+    rows = build_sequence_rows(user, item, ts, split, schema, cols)
+    ex = cut_examples(rows, 0, schema, history_length=12, history_time=True)
+    for i in range(len(ex["item_idx"])):
+        mine = np.flatnonzero(user == ex["user_idx"][i])
+        k = int(np.flatnonzero((ts[mine] == ex["timestamp"][i]) & (item[mine] == ex["item_idx"][i]))[0])
+        before = mine[:k][::-1][:12]
+        assert ex["history"][i].tolist() == item[before].tolist() + [0] * (12 - len(before))
+        assert ex["history_timestamp"][i].tolist() == ts[before].tolist() + [0] * (12 - len(before))
