@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool = False
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the training forward and loss under torch.autocast(cuda, bfloat16) (weights, "
+                            "optimizer and gradients stay float32); needs use_gpu")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement of the training workers across nodes (ScalingConfig.placement_strategy): "
                             "PACK fills as few nodes as possible, SPREAD uses as many as possible, STRICT_PACK "
@@ -61,6 +64,28 @@ class TrainConfig(BaseModel):
     stall_timeout_s: float = Field(600.0, gt=0.0, description="fail if no training step, validation batch or report happens for this many seconds (start-up included)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
+
+    @model_validator(mode="after")
+    def _bf16_needs_a_gpu(self) -> "TrainConfig":
+        if self.precision == "bf16" and not self.use_gpu:
+            raise ValueError("precision: bf16 is mixed precision on CUDA and needs use_gpu: true (on CPU train "
+                             "with precision: fp32)")
+        return self
+
+    def on_gpus(self) -> tuple["TrainConfig", str | None]:
+        """The configuration as it runs on GPUs, and the line saying what was switched (None if nothing).
+
+        With ``use_gpu`` and several workers, DDP all-reduces gradients with NCCL, which has no sparse
+        all-reduce: sparse ID tables (``sparse_id_embeddings``, the default) would fail at the first
+        backward. They are switched to dense tables (dense gradients, the dense counterpart of the
+        optimizer). One GPU worker (no all-reduce) and CPU runs (gloo all-reduces sparse tensors) keep
+        them.
+        """
+        if not (self.use_gpu and self.num_workers > 1 and self.model.sparse_id_embeddings):
+            return self, None
+        switched = self.model_copy(update={"model": self.model.model_copy(update={"sparse_id_embeddings": False})})
+        return switched, (f"use_gpu with {self.num_workers} workers: NCCL cannot all-reduce sparse gradients, so "
+                          "sparse_id_embeddings is switched off (dense user/item ID tables and optimizer)")
 
     @model_validator(mode="after")
     def _sequence_examples_need_the_encoder(self) -> "TrainConfig":

@@ -220,10 +220,11 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
     ``twotower.data.sequences.cut_windows`` cuts them.
 
     ``drop_last=True``: only full batches, so with ``equal=True`` shards every worker takes the same
-    number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, epoch, rank).
+    number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, epoch, rank). On CUDA
+    the host batches are pinned, so the copies to the GPU are asynchronous DMA transfers.
     """
     return shard.iter_torch_batches(
-        batch_size=batch_size, drop_last=True, device=device,
+        batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
         local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
 

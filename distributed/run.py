@@ -9,6 +9,7 @@ worker reads no ``schema.json`` and validates no config of its own.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from twotower.distributed.config import ConfigError, TrainConfig
 from twotower.model.checkpoint import (CheckpointError, CheckpointInfo, IncompatibleDatasetError, check_dataset,
                                        read_checkpoint)
 from twotower.model.schema import DatasetSchema
+
+log = logging.getLogger("twotower.train")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ def resolve_run(config: TrainConfig, dataset_dir: str | Path) -> ResolvedRun:
             (unless ``skip_bad_files``); names the file.
     """
     dataset_dir = storage.normalize(dataset_dir)
+    config, switched = config.on_gpus()
+    if switched:
+        log.warning(switched)
     if config.resume_from:      # workers run in the run directory: make the path absolute here
         config = config.model_copy(update={"resume_from": storage.normalize(config.resume_from)})
     schema = DatasetSchema.load(dataset_dir)

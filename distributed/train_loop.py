@@ -70,7 +70,8 @@ def train_loop_per_worker(config: dict) -> dict:
         steps, loss_sum, examples = 0, 0.0, 0
         for batch in iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=w.rank,
                                         device=w.device, windows=cfg.examples == "sequence"):
-            out = compute_loss(model, batch, gather=gather, rank=w.rank, generator=generator)
+            with torch.autocast("cuda", torch.bfloat16, enabled=cfg.precision == "bf16" and w.device.type == "cuda"):
+                out = compute_loss(model, batch, gather=gather, rank=w.rank, generator=generator)
             check_finite(out.logs["loss"], epoch, steps + 1, w.rank)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
