@@ -27,6 +27,7 @@ from twotower.model.checkpoint import read_checkpoint
 from .config import AppArgs, searcher_name
 from .fanout import search_all
 from .loading import load_encoder, load_serving_state
+from .metrics import Gate, IndexVersionGauge, RequestMetrics, ShardErrors
 from .query import QueryInput
 from .routes import build_api
 from .schema import Unavailable
@@ -72,6 +73,7 @@ class ShardSearcher:
                  batch_wait_timeout_s: float = 0.001):
         faiss.omp_set_num_threads(threads)
         self.store, self.model_sha256 = ShardStore(shard), model_sha256
+        self.version_gauge = IndexVersionGauge(searcher_name(shard))
         self.lock = asyncio.Lock()
         self.search.set_max_batch_size(max_batch_size)
         self.search.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -95,6 +97,7 @@ class ShardSearcher:
                 log.error("shard %d: keeping index %s, could not load %s", self.store.shard, self.store.current, e)
                 return
             self.store.install(version, index, index_dir)
+            self.version_gauge.serve(version)
             log.info("shard %d: serving index %s from %s", self.store.shard, version, index_dir)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
@@ -115,6 +118,7 @@ class _ServeBackend:
         self.timeout_s, self.retry_after_s = timeout_s, retry_after_s
         self.calls = [(lambda req, h=h: h.search.remote(req)) for h in searchers]
         self.names = [h.deployment_name for h in searchers]
+        self.shard_errors = ShardErrors()
 
     async def _encoder(self, method: str, *args):
         response = getattr(self.encoder, method).remote(*args)
@@ -139,7 +143,7 @@ class _ServeBackend:
 
     async def search(self, query, k, exclude):
         return await search_all(self.calls, query, k, exclude, timeout_s=self.timeout_s, names=self.names,
-                                retry_after_s=self.retry_after_s)
+                                retry_after_s=self.retry_after_s, on_error=self.shard_errors)
 
     async def statuses(self) -> list[dict]:
         async def one(s: int, h: DeploymentHandle) -> dict:
@@ -160,10 +164,22 @@ class Ingress:
                  dataset: str | None = None, backend_timeout_s: float = 10.0, retry_after_s: int = 2):
         self.state = load_serving_state(read_checkpoint(checkpoint), dataset)
         self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
+        self.gate = Gate(retry_after_s=retry_after_s)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's FastAPI app, built for the loaded model (called by Serve after ``__init__``)."""
-        return build_api(self.state, self.backend, len(self.backend.searchers))
+        api = build_api(self.state, self.backend, len(self.backend.searchers))
+        api.add_middleware(RequestMetrics, gate=self.gate)  # metrics, draining (twotower.serve.metrics)
+        return api
+
+    def reconfigure(self, config: dict) -> None:
+        """``user_config``: ``{"draining": bool}``; draining, new requests get 503 + Retry-After while the
+        ones in flight finish (``twotower serve``'s graceful shutdown)."""
+        self.gate.draining = bool((config or {}).get("draining", False))
+
+    async def drain_status(self) -> dict:
+        """``{"draining": bool, "in_flight": int}``: HTTP requests this replica is answering now."""
+        return {"draining": self.gate.draining, "in_flight": self.gate.in_flight}
 
 
 def build_app(args: dict) -> serve.Application:
