@@ -53,6 +53,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress-replicas", type=int, default=1)
     p.add_argument("--num-cpus", type=float, default=0.25, help="logical CPUs reserved per replica (scheduling only)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of index files")
+    p.add_argument("--colocate", action="store_true", help="encode and search in the Ingress replica (the whole "
+                   "index in each; no encoder / searcher deployments): lowest latency for an index that fits")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for /healthz")
     d = Scaling()
     p.add_argument("--max-encoder-replicas", type=int, default=d.max_encoder_replicas,
@@ -91,7 +93,8 @@ def build_config(args: argparse.Namespace) -> dict:
                   dataset=storage.normalize(args.dataset) if args.dataset else None,
                   user_cache=storage.normalize(args.user_cache) if args.user_cache else None,
                   shard_replicas=args.shard_replicas, encoder_replicas=args.encoder_replicas,
-                  ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify)
+                  ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify,
+                  colocate=args.colocate)
     scaling = Scaling(max_encoder_replicas=args.max_encoder_replicas, max_shard_replicas=args.max_shard_replicas,
                       target_ongoing_requests=args.target_ongoing_requests,
                       max_queued_requests=args.max_queued_requests)

@@ -53,6 +53,9 @@ class AppArgs(BaseModel):
         retry_after_s: the ``Retry-After`` (seconds) of those 503 answers.
         health_check_period_s: how often Serve's controller checks each replica (seconds); a killed
             replica is noticed and replaced at the next check (Serve's own default is 10 s).
+        colocate: encode and search in the Ingress replica, the whole index in each one, no QueryEncoder
+            or Searcher deployments (:mod:`twotower.serve.colocated`): the lowest latency, for an index
+            that fits one replica's memory; the index is then the Ingress's ``user_config.index_dir``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,6 +79,7 @@ class AppArgs(BaseModel):
     backend_timeout_s: float = Field(10.0, gt=0)
     retry_after_s: int = Field(2, ge=1)
     health_check_period_s: float = Field(2.0, gt=0)
+    colocate: bool = False
 
     def shards(self) -> int:
         """S: ``num_shards`` or the index manifest's shard count. Raises ValueError when neither is known."""
@@ -138,12 +142,19 @@ def serve_config(args: AppArgs, *, index: str, host: str = "127.0.0.1", port: in
                "max_queued_requests": sc.max_queued_requests,
                "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
                "user_config": {"draining": False}}
+    if args.colocate:
+        ingress["user_config"].update(index_dir=str(index), verify=args.verify)
+        return _config(host, port, app_name, route_prefix, app_args, [ingress])
     encoder = {"name": "QueryEncoder", "num_replicas": "auto", "ray_actor_options": dict(actor),
                "autoscaling_config": sc.autoscaling(args.encoder_replicas, sc.max_encoder_replicas)}
     deployments = [ingress, encoder]
     deployments += [{"name": searcher_name(s), "num_replicas": "auto", "ray_actor_options": dict(actor),
                      "autoscaling_config": sc.autoscaling(args.shard_replicas, sc.max_shard_replicas),
                      "user_config": {"index_dir": str(index), "verify": args.verify}} for s in range(shards)]
+    return _config(host, port, app_name, route_prefix, app_args, deployments)
+
+
+def _config(host: str, port: int, app_name: str, route_prefix: str, app_args: dict, deployments: list) -> dict:
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": host, "port": int(port)},
@@ -165,8 +176,11 @@ def _edit_user_config(config: dict, app_name: str, names: Callable[[str], bool],
 
 
 def with_index(config: dict, index: str, app_name: str = APP_NAME) -> dict:
-    """A copy of ``config`` whose searchers of ``app_name`` serve ``index`` (the index-swap edit)."""
-    return _edit_user_config(config, app_name, lambda name: name.startswith("Searcher"), index_dir=str(index))
+    """A copy of ``config`` whose searchers of ``app_name`` (colocated: its Ingress) serve ``index`` (the
+    index-swap edit)."""
+    colocated = any(a["name"] == app_name and a["args"].get("colocate") for a in config["applications"])
+    return _edit_user_config(config, app_name, lambda name: name.startswith("Searcher") or (
+        colocated and name == "Ingress"), index_dir=str(index))
 
 
 def draining(config: dict, app_name: str = APP_NAME) -> dict:

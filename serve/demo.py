@@ -93,12 +93,18 @@ def add_demo_routes(api: FastAPI, state: ServingState) -> None:
             raise HTTPException(404, f"no file {name!r} in the demo")
         return Response(files[name], media_type=STATIC_FILES[name])
 
-    @api.get("/v1/users", response_model=SampleUsers)
+    samples = sample_users(state, 3)
+    example_user = user_info(state, samples.user_ids[0], 3) if samples.user_ids else None
+
+    def example(value: BaseModel | None) -> dict:
+        return {200: {"content": {"application/json": {"example": value.model_dump() if value else {}}}}}
+
+    @api.get("/v1/users", response_model=SampleUsers, responses=example(samples))
     async def users(limit: int = Query(8, ge=1, le=MAX_SAMPLE_USERS)) -> SampleUsers:
         """Sample user ids (spread over activity) and an unknown id, for trying the API."""
         return sample_users(state, limit)
 
-    @api.get("/v1/users/{user_id}", response_model=UserInfo)
+    @api.get("/v1/users/{user_id:path}", response_model=UserInfo, responses=example(example_user))  # ids may hold "/"
     async def user(user_id: str, limit: int = Query(10, ge=1, le=MAX_RECENT)) -> UserInfo:
         """A user's most recent items with titles; ``known: false`` for a user the model does not know."""
         return user_info(state, user_id, limit)

@@ -14,6 +14,8 @@ every file), so a rebuilt index is a new version even at the same path.
 from __future__ import annotations
 
 import hashlib
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from twotower.index.manifest import MANIFEST_NAME, IndexFormatError
 from twotower.index.sharded import ShardedIndex
 
 KEEP_VERSIONS = 2
+log = logging.getLogger("twotower.serve")
 
 
 def index_version(index_dir: str) -> str:
@@ -59,14 +62,15 @@ class SearchResult:
 
 
 class ShardStore:
-    """The loaded versions of one shard (newest last, at most :data:`KEEP_VERSIONS`).
+    """The loaded versions of one shard (newest last, at most :data:`KEEP_VERSIONS`); ``shard=None``: of
+    the whole index (every shard, for serving it in one process; reported as shard 0).
 
     Keeping the previous version lets a fan-out that sees shards mid-swap ask every shard for the same
     version (see :func:`twotower.serve.fanout.search_all`).
     """
 
-    def __init__(self, shard: int):
-        self.shard = shard
+    def __init__(self, shard: int | None):
+        self.shard = shard                      # None: every shard of the index in this store (colocated serving)
         self.versions: dict[str, ShardedIndex] = {}
         self.paths: dict[str, str] = {}
         self.last_error: str | None = None
@@ -84,7 +88,8 @@ class ShardStore:
         version = index_version(index_dir)
         if version in self.versions:
             return version, None
-        index = ShardedIndex.load(index_dir, shards=[self.shard], verify=verify, search_params=search_params)
+        shards = None if self.shard is None else [self.shard]
+        index = ShardedIndex.load(index_dir, shards=shards, verify=verify, search_params=search_params)
         if model_sha256 is not None:
             index.verify_checkpoint(model_sha256)
         return version, index
@@ -112,7 +117,7 @@ class ShardStore:
     def status(self) -> dict:
         """What ``GET /v1/model`` and ``/healthz`` report for this shard (JSON-serialisable)."""
         v = self.current
-        out = {"shard": self.shard, "loaded": v is not None, "version": v, "loaded_versions": list(self.versions),
+        out = {"shard": self.shard or 0, "loaded": v is not None, "version": v, "loaded_versions": list(self.versions),
                "count": 0, "last_error": self.last_error, "index": None}
         if v is not None:
             m = self.versions[v].manifest
@@ -149,3 +154,31 @@ class ShardStore:
                 out[i] = SearchResult(v, held, scores[j, :kk], items[j, :kk])
         return out  # type: ignore[return-value]
 
+
+
+async def reconfigure_store(store: ShardStore, config: dict | None, model_sha256: str | None,
+                            lock: asyncio.Lock) -> str | None:
+    """Load ``config["index_dir"]`` (``verify``, ``search_params``) into ``store`` in a thread while the loaded
+    version keeps answering; returns the version now answering (None: no ``index_dir`` in ``config``).
+
+    Raises:
+        IndexFormatError / OSError: a first load that fails (a replica without an index must not start);
+            a later failure keeps the old version and is reported as ``last_error`` (``GET /v1/model``).
+    """
+    index_dir = (config or {}).get("index_dir")
+    if not index_dir:
+        return None
+    async with lock:
+        try:
+            version, index = await asyncio.to_thread(
+                store.open, index_dir, verify=bool(config.get("verify", True)),
+                search_params=config.get("search_params"), model_sha256=model_sha256)
+        except Exception as e:
+            store.last_error = f"{index_dir}: {e}"
+            if not store.versions:
+                raise
+            log.error("shard %s: keeping index %s, could not load %s", store.shard, store.current, e)
+            return store.current
+        store.install(version, index, index_dir)
+        log.info("shard %s: serving index %s from %s", store.shard, version, index_dir)
+        return version
