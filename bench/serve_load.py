@@ -216,10 +216,13 @@ def main(argv=None) -> int:
         for c in levels:
             report(results, name, run_level(http(route), len(bodies), c, args.time_cap))
     try:
-        if "floor" in paths:
+        if "floor" in paths:                  # measured again before each mode x factory group (load drifts)
             deploy_floor(canned, args.replica_cpus)
-            measure("floor (no-op Serve app)", "/floor")
+        group = None
         for v in todo if "http" in paths else []:                # one dataset: the same bodies for every mode
+            if "floor" in paths and group != (v.mode, v.factory):
+                group = (v.mode, v.factory)
+                measure(f"floor (before {v.mode}/{v.factory})", "/floor")
             deploy_variant(v, art[v.mode][1], art[v.mode][0], indexes[v], args.replica_cpus)
             wait_ready(f"{base}{v.route}", 300)
             measure(v.name, v.route)

@@ -145,8 +145,8 @@ class _ServeBackend:
 @serve.ingress()
 class Ingress:
     """HTTP API (routes and responses: :mod:`twotower.serve.routes`; bodies: :mod:`twotower.serve.schema` and
-    :mod:`twotower.serve.contract`; errors: :mod:`twotower.serve.http`). ``colocate`` (``{"user_cache",
-    "threads", "search_threads", "model_sha256"}``): encode and search here (:mod:`twotower.serve.colocated`)
+    :mod:`twotower.serve.contract`; errors: :mod:`twotower.serve.http`). ``colocate`` (``{"num_shards",
+    "user_cache", "threads", "search_threads", "model_sha256"}``): encode and search here (:mod:`twotower.serve.colocated`)
     instead of through ``encoder`` and ``searchers``."""
 
     def __init__(self, encoder: DeploymentHandle | None, searchers: list[DeploymentHandle], checkpoint: str,
@@ -154,12 +154,13 @@ class Ingress:
                  colocate: dict | None = None):
         info = read_checkpoint(checkpoint)
         self.state = load_serving_state(info, dataset)
-        self.colocate, self.lock = colocate, asyncio.Lock()
+        self.colocate = colocate
         if colocate is not None:
             torch.set_num_threads(colocate.get("threads", 1))
             faiss.omp_set_num_threads(colocate.get("search_threads", 1))
             local = load_encoder(info, dataset, colocate.get("user_cache"), users=self.state.users)
-            self.backend = ColocatedBackend(local, ShardStore(None), retry_after_s)
+            self.backend = ColocatedBackend(local, colocate["num_shards"], colocate.get("model_sha256"),
+                                            retry_after_s, backend_timeout_s)
             self.version_gauge = IndexVersionGauge("Ingress")
         else:
             self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
@@ -167,7 +168,8 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's FastAPI app, built for the loaded model (called by Serve after ``__init__``)."""
-        api = build_api(self.state, self.backend, 1 if self.colocate is not None else len(self.backend.searchers))
+        shards = len(self.backend.stores) if self.colocate is not None else len(self.backend.searchers)
+        api = build_api(self.state, self.backend, shards)
         api.add_middleware(RequestMetrics, gate=self.gate)  # metrics, draining (twotower.serve.metrics)
         return api
 
@@ -177,8 +179,7 @@ class Ingress:
         ``index_dir`` / ``verify`` / ``search_params`` (:func:`~twotower.serve.shards.reconfigure_store`)."""
         self.gate.draining = bool((config or {}).get("draining", False))
         if self.colocate is not None:
-            version = await reconfigure_store(self.backend.store, config, self.colocate.get("model_sha256"),
-                                              self.lock)
+            version = await self.backend.reconfigure(config)
             if version is not None:
                 self.version_gauge.serve(version)
 
@@ -205,7 +206,7 @@ def build_app(args: dict) -> serve.Application:
     user_config = {"index_dir": a.index, "verify": a.verify} if a.index else None
     if a.colocate:
         colocate = {"user_cache": a.user_cache, "threads": a.encoder_threads, "search_threads": a.search_threads,
-                    "model_sha256": sha}
+                    "model_sha256": sha, "num_shards": a.shards()}
         return ingress.options(user_config=user_config).bind(None, [], a.checkpoint, a.dataset, a.backend_timeout_s,
                                                              a.retry_after_s, colocate)
     encoder = QueryEncoderDeployment.options(num_replicas=a.encoder_replicas, logging_config=quiet, **common).bind(

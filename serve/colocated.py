@@ -11,29 +11,46 @@ per-shard ``SearcherK`` deployments (the default).
 """
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
+from .fanout import search_all
 from .offline import LocalBackend
 from .query import QueryEncoder
-from .schema import Unavailable
-from .shards import SearchRequest, ShardStore
+from .shards import SearchRequest, SearchResult, ShardStore, reconfigure_store
 
 
 class ColocatedBackend(LocalBackend):
-    """:class:`~.recommender.Backend` over a QueryEncoder and a :class:`ShardStore` of every shard
-    (``ShardStore(None)``) in this process; ``statuses()`` as the Serve backend's (one entry)."""
+    """:class:`~.recommender.Backend` over a QueryEncoder and one :class:`ShardStore` per shard, all in this
+    process: the searchers' code without the hops. Each shard is searched in turn in this thread (a
+    thread pool costs more than it saves for one query) and the results are merged exactly by
+    :func:`~twotower.serve.fanout.search_all`, which also keeps an answer within one index version while
+    :meth:`reconfigure` loads a new one shard by shard."""
 
-    def __init__(self, encoder: QueryEncoder, store: ShardStore, retry_after_s: int = 2):
+    def __init__(self, encoder: QueryEncoder, num_shards: int, model_sha256: str | None = None,
+                 retry_after_s: int = 2, timeout_s: float = 10.0):
         super().__init__(encoder, index=None, version="")
-        self.store, self.retry_after_s = store, retry_after_s
+        self.stores = [ShardStore(s) for s in range(num_shards)]
+        self.model_sha256, self.retry_after_s, self.timeout_s = model_sha256, retry_after_s, timeout_s
+        self.lock = asyncio.Lock()
+        self.calls = [(lambda req, st=st: _search(st, req)) for st in self.stores]
+        self.names = [f"shard {s}" for s in range(num_shards)]
+
+    async def reconfigure(self, config: dict | None) -> str | None:
+        """Load ``config["index_dir"]`` into every shard store (:func:`reconfigure_store`); the version now
+        answering (None without ``index_dir``). Raises like :func:`reconfigure_store` on a first load."""
+        versions = [await reconfigure_store(st, config, self.model_sha256, self.lock) for st in self.stores]
+        return versions[-1] if versions else None
 
     async def search(self, query: np.ndarray, k: int, exclude: np.ndarray | None):
-        """(version, scores float32 (k,), item_idx int64 (k,)); Unavailable (503) when no index is loaded."""
-        r = self.store.search_many([SearchRequest(np.asarray(query, np.float32), k, exclude)])[0]
-        if r.error is not None:
-            raise Unavailable(f"index unavailable: {r.error}; retry after {self.retry_after_s} s", ["Ingress"],
-                              self.retry_after_s)
-        return r.version, r.scores, r.items
+        """(version, scores float32 (k,), item_idx int64 (k,)); ShardsUnavailable (503) without an index."""
+        return await search_all(self.calls, np.asarray(query, np.float32), k, exclude, timeout_s=self.timeout_s,
+                                names=self.names, retry_after_s=self.retry_after_s, attempts=1)
 
     async def statuses(self) -> list[dict]:
-        return [self.store.status()]
+        return [st.status() for st in self.stores]
+
+
+async def _search(store: ShardStore, request: SearchRequest) -> SearchResult:
+    return store.search_many([request])[0]

@@ -62,15 +62,14 @@ class SearchResult:
 
 
 class ShardStore:
-    """The loaded versions of one shard (newest last, at most :data:`KEEP_VERSIONS`); ``shard=None``: of
-    the whole index (every shard, for serving it in one process; reported as shard 0).
+    """The loaded versions of one shard (newest last, at most :data:`KEEP_VERSIONS`).
 
     Keeping the previous version lets a fan-out that sees shards mid-swap ask every shard for the same
     version (see :func:`twotower.serve.fanout.search_all`).
     """
 
-    def __init__(self, shard: int | None):
-        self.shard = shard                      # None: every shard of the index in this store (colocated serving)
+    def __init__(self, shard: int):
+        self.shard = shard
         self.versions: dict[str, ShardedIndex] = {}
         self.paths: dict[str, str] = {}
         self.last_error: str | None = None
@@ -88,8 +87,7 @@ class ShardStore:
         version = index_version(index_dir)
         if version in self.versions:
             return version, None
-        shards = None if self.shard is None else [self.shard]
-        index = ShardedIndex.load(index_dir, shards=shards, verify=verify, search_params=search_params)
+        index = ShardedIndex.load(index_dir, shards=[self.shard], verify=verify, search_params=search_params)
         if model_sha256 is not None:
             index.verify_checkpoint(model_sha256)
         return version, index
@@ -117,7 +115,7 @@ class ShardStore:
     def status(self) -> dict:
         """What ``GET /v1/model`` and ``/healthz`` report for this shard (JSON-serialisable)."""
         v = self.current
-        out = {"shard": self.shard or 0, "loaded": v is not None, "version": v, "loaded_versions": list(self.versions),
+        out = {"shard": self.shard, "loaded": v is not None, "version": v, "loaded_versions": list(self.versions),
                "count": 0, "last_error": self.last_error, "index": None}
         if v is not None:
             m = self.versions[v].manifest

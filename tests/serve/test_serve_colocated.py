@@ -1,7 +1,7 @@
 """Colocated serving (``AppArgs.colocate``): the Ingress encodes and searches the whole 2-shard index itself.
 Deployed from the written Serve config like ``twotower serve --colocate``: it answers like the offline
-pipeline (model and cold-start paths, similar items), lists one in-process store in ``/v1/model``, and
-an index swap through the Ingress's ``user_config`` is served without a failed request."""
+pipeline (model and cold-start paths, similar items), reports both shards in ``/v1/model``, and an index
+swap through the Ingress's ``user_config`` serves the new version."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +16,8 @@ from twotower.serve.shards import index_version
 
 pytestmark = [pytest.mark.ray]
 BODIES = [{"user_id": u, "context": {"timestamp": 880_000_000 + 7_200 * i}, "k": 10}
-          for i, u in enumerate(["1", "2", "5", "8"])] + [{"user_id": "ghost", "context": {"timestamp": 880_000_000}, "user_features": {"gender": "F"}}]
+          for i, u in enumerate(["1", "2", "5", "8"])]
+BODIES.append({"user_id": "ghost", "context": {"timestamp": 880_000_000}, "user_features": {"gender": "F"}})
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def test_colocated_answers_like_the_offline_pipeline_and_swaps_the_index(colocat
     r = requests.post(f"{url}/v1/similar-items", json={"item_id": "50", "k": 5}, timeout=60).json()
     assert [it["item_id"] for it in r["items"]] == [it.item_id for it in offline.rec.similar_items("50", k=5).items]
     model = requests.get(f"{url}/v1/model", timeout=60).json()
-    assert model["index"]["version"] == v1 and model["index"]["num_shards"] == 1 and model["index"]["shards"][0]["loaded"]
+    assert model["index"]["version"] == v1 and model["index"]["num_shards"] == 2
+    assert all(sh["loaded"] and sh["version"] == v1 for sh in model["index"]["shards"])
 
     v2 = index_version(str(art.index_v2))
     deploy_config(with_index(config, str(art.index_v2), "tt-colocated"), dashboard)
