@@ -13,6 +13,8 @@ and prints p50/p95/p99 latency and requests/s, over the same request bodies, for
 * ``http``: every twotower variant of ``--modes`` x ``--factories`` x ``--shard-counts`` x ``--servings``:
   ``sharded`` (Ingress -> QueryEncoder -> one Searcher per shard) or ``colocated`` (encode and search in the
   Ingress replica, :mod:`twotower.serve.colocated`), deployed one after the other at the same address;
+* ``stages``: the median time of each pipeline stage in this process (validate, plan, encode, search +
+  merge, shape, JSON), i.e. what a colocated Ingress adds to the floor;
 * optionally (``--paths``) ``search`` (``ShardedIndex.search`` of precomputed queries in this process) and
   ``pipeline`` (``twotower.serve.Recommender.recommend`` in this process).
 
@@ -54,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
-    p.add_argument("--paths", default="floor,http", help="floor, http, search, pipeline (comma list)")
+    p.add_argument("--paths", default="floor,http,stages",
+                   help="floor, http, stages (time per pipeline stage in-process), search, pipeline (comma list)")
     p.add_argument("--replica-cpus", type=float, default=0.5, help="logical CPUs reserved per replica")
     p.add_argument("--out", help="write the results as JSON here")
     return p.parse_args(argv)
@@ -177,7 +180,7 @@ def local_paths(args, levels, paths, results, mode, dataset, ckpt, index_dir) ->
 def main(argv=None) -> int:
     args = parse_args(argv)
     levels, paths = [int(c) for c in args.concurrency.split(",")], args.paths.split(",")
-    from _serve_variants import build_index, deploy_floor, deploy_variant, variants
+    from _serve_variants import build_index, deploy_floor, deploy_variant, stage_times, variants
 
     import ray
     import requests
@@ -198,6 +201,12 @@ def main(argv=None) -> int:
     print(f"machine: {info}\ndataset {dataset}; variants: {', '.join(v.name for v in todo)}", flush=True)
     for mode, (ds, ck) in art.items():
         local_paths(args, levels, paths, results, mode, ds, ck, indexes[next(v for v in todo if v.mode == mode)])
+    if "stages" in paths:
+        for v in todo:
+            if v.serving == "colocated":
+                ms = stage_times(Recommender.load(art[v.mode][1], indexes[v], art[v.mode][0]), bodies)
+                results.append({"path": f"stages {v.name}", **ms})
+                print(f"stages {v.name:30s} " + "  ".join(f"{k} {x:.3f} ms" for k, x in ms.items()), flush=True)
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     port = free_port()

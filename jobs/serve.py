@@ -159,8 +159,11 @@ def serve_forever(config: dict, address: str | None, ready_timeout: float) -> in
         # graceful: the Ingress drains (new requests 503 + Retry-After, /healthz 503) until the requests in
         # flight are answered; only then are the applications deleted (which stops encoder and searchers)
         print("twotower serve: draining, then stopping", flush=True)
-        if not drain(config, ctx.dashboard_url):
-            print("twotower serve: requests still in flight after 30 s; stopping anyway", file=sys.stderr)
+        try:
+            if not drain(config, ctx.dashboard_url):
+                print("twotower serve: requests still in flight after 30 s; stopping anyway", file=sys.stderr)
+        except Exception as e:                        # e.g. interrupted before the application was up
+            print(f"twotower serve: could not drain ({type(e).__name__}: {e}); stopping", file=sys.stderr)
         return 0
     except (TimeoutError, RuntimeError) as e:
         print(f"twotower serve: {e}", file=sys.stderr)

@@ -164,3 +164,25 @@ def test_demo_page_cold_start_and_readable_errors(ops_app, browser):
     error = browser.find_element(By.ID, "error")
     assert attrs["state"] == "error" and error.is_displayed()
     assert "HTTP 422" in error.text and f"context.{numeric['name']}" in error.text, error.text
+
+
+def test_sample_users_and_recent_items_come_from_the_dataset(trilinear_artifacts):
+    from twotower.model.checkpoint import read_checkpoint
+    from twotower.serve.demo import sample_users, user_info
+    from twotower.serve.loading import load_serving_state
+
+    art = trilinear_artifacts
+    state = load_serving_state(read_checkpoint(art.checkpoint), art.dataset)
+    counts = {uid: int(state.users.offsets[i + 1] - state.users.offsets[i]) for uid, i in state.users.user_vocab.items()}
+    samples = sample_users(state, 5)
+    assert len(samples.user_ids) == 5 and samples.unknown_user_id not in counts
+    assert samples.user_ids[0] == max(counts, key=lambda u: (counts[u], -state.users.user_vocab[u]))   # most active
+    assert [counts[u] for u in samples.user_ids] == sorted((counts[u] for u in samples.user_ids), reverse=True)
+    user = samples.user_ids[-1]
+    info = user_info(state, user, 4)
+    history = state.users.history(state.users.lookup(user))[:4]              # most recent first (the model's)
+    assert info.known and info.num_interactions == counts[user]
+    assert [it.item_id for it in info.recent_items] == [str(state.catalogue.item_ids[i]) for i in history if i > 0]
+    assert info.recent_items[0].title == state.catalogue.title(int(history[0]))
+    assert user_info(state, "nobody", 4).model_dump() == {"user_id": "nobody", "known": False, "num_interactions": 0,
+                                                          "recent_items": []}
