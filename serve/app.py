@@ -92,6 +92,7 @@ class ShardSearcher:
         return self.store.search_many(requests)
 
     async def status(self) -> dict:
+        self.version_gauge.serve(self.store.current)            # keep the gauge exported
         return self.store.status()
 
 
@@ -162,6 +163,7 @@ class Ingress:
             self.backend = ColocatedBackend(local, colocate["num_shards"], colocate.get("model_sha256"),
                                             retry_after_s, backend_timeout_s)
             self.version_gauge = IndexVersionGauge("Ingress")
+            self.backend.on_status = self.version_gauge.serve
         else:
             self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
         self.gate = Gate(retry_after_s=retry_after_s)

@@ -36,6 +36,7 @@ class ColocatedBackend(LocalBackend):
         self.lock = asyncio.Lock()
         self.calls = [(lambda req, st=st: _search(st, req)) for st in self.stores]
         self.names = [f"shard {s}" for s in range(num_shards)]
+        self.on_status = None                 # called with the version served on every statuses() (metrics)
 
     async def reconfigure(self, config: dict | None) -> str | None:
         """Load ``config["index_dir"]`` into every shard store (:func:`reconfigure_store`); the version now
@@ -49,6 +50,8 @@ class ColocatedBackend(LocalBackend):
                                 names=self.names, retry_after_s=self.retry_after_s, attempts=1)
 
     async def statuses(self) -> list[dict]:
+        if self.on_status is not None:
+            self.on_status(self.stores[-1].current if self.stores else None)
         return [st.status() for st in self.stores]
 
 

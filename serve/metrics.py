@@ -119,8 +119,12 @@ class IndexVersionGauge:
         self.gauge = metrics.Gauge("twotower_index_version_info", "index version served by a shard searcher",
                                    ("shard", "index_version"))
 
-    def serve(self, version: str) -> None:
+    def serve(self, version: str | None) -> None:
+        """Mark ``version`` as served (None: nothing loaded yet). Called again on every status call: Ray
+        exports a gauge value that is not set again for a while only once."""
+        if version is None:
+            return
         for old in self.seen - {version}:
             self.gauge.set(0, {"shard": self.shard, "index_version": old})
-        self.seen.add(version)
+        self.seen = {version}
         self.gauge.set(1, {"shard": self.shard, "index_version": version})

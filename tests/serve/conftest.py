@@ -71,7 +71,7 @@ def ops_app(serve_http, trilinear_artifacts, tmp_path_factory):
     """``twotower serve`` (the CLI, a subprocess joined to the session's Ray) serving the trilinear model at
     ``/ops`` from a config written by ``--write-config`` and edited as an operator would: a small Ingress
     capacity (2 ongoing + 4 queued requests) and a query encoder that autoscales 1 -> 2 replicas after 1 s
-    of load (target 0.2 ongoing requests per replica). Yields :class:`serve_helpers.CliApp`; ``test_serve_operations`` ends
+    of load (target 0.2 ongoing requests per replica) and back after 2 s idle. Yields :class:`serve_helpers.CliApp`; ``test_serve_operations`` ends
     it with SIGTERM (its last test), else it is stopped here."""
     import ray
     import yaml
@@ -89,8 +89,8 @@ def ops_app(serve_http, trilinear_artifacts, tmp_path_factory):
         if d["name"] == "Ingress":
             d["max_ongoing_requests"] = 2
         if d["name"] == "QueryEncoder":
-            d["autoscaling_config"].update(target_ongoing_requests=0.2, upscale_delay_s=1, look_back_period_s=2,
-                                           metrics_interval_s=0.5)
+            d["autoscaling_config"].update(target_ongoing_requests=0.2, upscale_delay_s=1, downscale_delay_s=2,
+                                           look_back_period_s=2, metrics_interval_s=0.5)
     config.write_text(yaml.safe_dump(doc))
     app = start_cli(["--config", str(config), "--address", ray.get_runtime_context().gcs_address],
                     "serving tt-ops at", f"{base}/ops", "tt-ops")
