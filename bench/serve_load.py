@@ -1,20 +1,26 @@
-"""Load test of the twotower Serve application: latency percentiles and throughput at fixed concurrency.
+"""Load test of the twotower Serve application against Ray Serve's own floor: latency percentiles and
+throughput at fixed concurrency, in one run on one Serve instance.
 
-    python bench/serve_load.py --dataset datasets/ml-1m --checkpoint CKPT --index INDEX
-    python bench/serve_load.py --prepare ml-1m --work /tmp/serve-bench      # prepare, quick-train, index
+    python bench/serve_load.py --prepare ml-1m --work /tmp/serve-bench          # prepare, quick-train, index
+    python bench/serve_load.py --dataset datasets/ml-1m --modes user_tower --factories 'Flat;IVF64,Flat'
 
-For each concurrency level (default 1, 8, 32) it sends a fixed number of ``POST /v1/recommend``
-requests (``--requests``, stopping early at ``--time-cap`` seconds) from that many client threads and
-prints p50/p95/p99 latency and requests/s for three paths over the same request bodies:
+For each concurrency level (default 1, 8, 32) it sends ``--requests`` ``POST /v1/recommend`` requests
+(stopping early at ``--time-cap`` seconds) from that many client threads (one ``requests.Session`` each)
+and prints p50/p95/p99 latency and requests/s, over the same request bodies, for:
 
-* ``search``: ``ShardedIndex.search`` of precomputed query vectors, one query per call, in this process;
-* ``pipeline``: ``twotower.serve.Recommender.recommend`` in this process (validate, plan, encode, search:
-  the ingress's pipeline over a local backend);
-* ``http``: the Serve application (ingress -> encoder -> shard searchers) over HTTP on 127.0.0.1.
+* ``floor``: a no-op Serve app (FastAPI ingress, same proxy, same client) that parses the body and returns
+  a canned real answer (same bytes both ways): what Ray Serve itself costs on this machine;
+* ``http``: every twotower variant of ``--modes`` x ``--factories`` x ``--shard-counts`` x ``--servings``:
+  ``sharded`` (Ingress -> QueryEncoder -> one Searcher per shard) or ``colocated`` (encode and search in the
+  Ingress replica, :mod:`twotower.serve.colocated`), deployed one after the other at the same address;
+* ``stages``: the median time of each pipeline stage in this process (validate, plan, encode, search +
+  merge, shape, JSON), i.e. what a colocated Ingress adds to the floor;
+* optionally (``--paths``) ``search`` (``ShardedIndex.search`` of precomputed queries in this process) and
+  ``pipeline`` (``twotower.serve.Recommender.recommend`` in this process).
 
 Everything stays on the loopback interface. Without ``--checkpoint`` a model with the default
 architecture is trained for ``--train-steps`` steps in-process (latency does not depend on how well it
-is trained); without ``--index`` an exact ``Flat`` index with ``--num-shards`` shards is built.
+is trained); indexes are built into ``--work``.
 """
 from __future__ import annotations
 
@@ -40,43 +46,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="checkpoint directory (default: quick-train one into --work)")
     p.add_argument("--index", help="index directory (default: build a Flat index into --work)")
     p.add_argument("--work", default="/tmp/twotower-serve-bench", help="where prepared/trained artifacts go")
-    p.add_argument("--mode", default="user_tower", choices=["user_tower", "trilinear", "scoring_layer"])
+    p.add_argument("--modes", default="user_tower,trilinear", help="context modes (comma list)")
+    p.add_argument("--factories", default="Flat;IVF64,Flat", help="FAISS factories (';' list)")
+    p.add_argument("--shard-counts", default="1,2")
+    p.add_argument("--servings", default="colocated,sharded")
     p.add_argument("--train-steps", type=int, default=50)
-    p.add_argument("--num-shards", type=int, default=2)
     p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level and path")
     p.add_argument("--time-cap", type=float, default=60.0, help="seconds per concurrency level and path")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
-    p.add_argument("--paths", default="search,pipeline,http")
+    p.add_argument("--paths", default="floor,http,stages",
+                   help="floor, http, stages (time per pipeline stage in-process), search, pipeline (comma list)")
+    p.add_argument("--replica-cpus", type=float, default=0.5, help="logical CPUs reserved per replica")
     p.add_argument("--out", help="write the results as JSON here")
     return p.parse_args(argv)
 
 
-def artifacts(args) -> tuple[Path, Path, Path]:
-    """(dataset, checkpoint, index), preparing / training / building what was not given."""
+def artifacts(args, mode: str) -> tuple[Path, Path]:
+    """(dataset, checkpoint of ``mode``), preparing / training what was not given."""
     work = Path(args.work)
     dataset = Path(args.dataset) if args.dataset else work / args.prepare
     if not (dataset / "schema.json").exists():
         from twotower.distributed.sources import prepare_movielens
         print(f"preparing {args.prepare} into {dataset}", flush=True)
         prepare_movielens(dataset, args.prepare)
-    ckpt = Path(args.checkpoint) if args.checkpoint else work / f"checkpoint-{args.mode}"
+    ckpt = Path(args.checkpoint) if args.checkpoint else work / f"checkpoint-{mode}"
     if not (ckpt / "checkpoint.json").exists():
-        print(f"training a {args.mode} model for {args.train_steps} steps into {ckpt}", flush=True)
-        quick_train(dataset, ckpt, args.mode, args.train_steps)
-    index = Path(args.index) if args.index else work / f"index-{args.mode}-{args.num_shards}"
-    if not (index / "manifest.json").exists():
-        from twotower.index import build_local_index, checkpoint_record
-        from twotower.model.checkpoint import load_checkpoint, read_checkpoint
-        info = read_checkpoint(ckpt)
-        loaded = load_checkpoint(ckpt, info=info)
-        emb = loaded.model.all_item_embeddings().numpy()
-        import pyarrow.parquet as pq
-        ids = pq.read_table(dataset / "items.parquet", columns=["item_id"])["item_id"].to_pylist()
-        build_local_index(index, emb[1:], np.arange(1, len(emb)), ids[1:], num_shards=args.num_shards,
-                          checkpoint=checkpoint_record(info), overwrite=True)
-    return dataset, ckpt, index
+        print(f"training a {mode} model for {args.train_steps} steps into {ckpt}", flush=True)
+        quick_train(dataset, ckpt, mode, args.train_steps)
+    return dataset, ckpt
 
 
 def quick_train(dataset: Path, out: Path, mode: str, steps: int) -> None:
@@ -154,62 +153,92 @@ def machine() -> str:
             f"load average at start {load:.1f}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    paths = args.paths.split(",")
-    dataset, ckpt, index_dir = artifacts(args)
+def report(results: list, name: str, r: dict) -> None:
+    results.append({"path": name, **r})
+    print(f"{name:40s} c={r['concurrency']:3d}  n={r['requests']:5d} err={r['errors']}  p50 {r['p50_ms']:7.2f} ms  "
+          f"p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['rps']:8.1f} req/s  (load {r['load1']})", flush=True)
 
-    import requests
-    from ray import serve
 
+def local_paths(args, levels, paths, results, mode, dataset, ckpt, index_dir) -> None:
+    """The in-process ``search`` / ``pipeline`` paths for one model and index."""
     from twotower.serve import Recommender
     from twotower.serve.recommender import plan_recommend
     from twotower.serve.schema import RecommendRequest
 
     rec = Recommender.load(ckpt, index_dir, dataset)
-    state, index = rec.state, rec.index
-    bodies = request_bodies(state, args.requests, args.k)
-    plans = [plan_recommend(RecommendRequest.model_validate(b), state) for b in bodies]
+    bodies = request_bodies(rec.state, args.requests, args.k)
+    plans = [plan_recommend(RecommendRequest.model_validate(b), rec.state) for b in bodies]
     queries = rec.encoder.encode([p.query for p in plans])
+    calls = {"search": lambda i: rec.index.search(queries[i:i + 1], args.k, exclude=[plans[i].exclude]) is not None,
+             "pipeline": lambda i: rec.recommend(**bodies[i]) is not None}
+    for path in ("search", "pipeline"):
+        if path in paths:
+            for c in levels:
+                report(results, f"{path} {mode}", run_level(calls[path], len(bodies), c, args.time_cap))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    levels, paths = [int(c) for c in args.concurrency.split(",")], args.paths.split(",")
+    from _serve_variants import build_index, deploy_floor, deploy_variant, stage_times, variants
+
+    import ray
+    import requests
+    from ray import serve
+
+    from twotower.serve import Recommender
+    from twotower.serve.deploy import wait_ready
+
+    todo = variants(args.modes, args.factories, args.shard_counts, args.servings)
+    art = {m: artifacts(args, m) for m in dict.fromkeys(v.mode for v in todo)}
+    indexes = {v: build_index(Path(args.work) / f"index-{v.mode}-{v.factory.replace(',', '_')}-{v.shards}",
+                              art[v.mode][1], art[v.mode][0], v.factory, v.shards) for v in todo}
+    dataset, ckpt = art[todo[0].mode]
+    first = Recommender.load(ckpt, indexes[todo[0]], dataset)
+    bodies = request_bodies(first.state, args.requests, args.k)
+    canned = first.recommend(**bodies[0]).model_dump(mode="json")
     results, info = [], machine()
-    print(f"machine: {info}\ndataset {dataset}, checkpoint {ckpt} ({state.mode.value}), index {index_dir} "
-          f"({index.num_shards} shards, {index.factory}, {index.num_items} items)", flush=True)
+    print(f"machine: {info}\ndataset {dataset}; variants: {', '.join(v.name for v in todo)}", flush=True)
+    for mode, (ds, ck) in art.items():
+        local_paths(args, levels, paths, results, mode, ds, ck, indexes[next(v for v in todo if v.mode == mode)])
+    if "stages" in paths:
+        for v in todo:
+            if v.serving == "colocated":
+                ms = stage_times(Recommender.load(art[v.mode][1], indexes[v], art[v.mode][0]), bodies)
+                results.append({"path": f"stages {v.name}", **ms})
+                print(f"stages {v.name:30s} " + "  ".join(f"{k} {x:.3f} ms" for k, x in ms.items()), flush=True)
 
-    def record(path: str, call) -> None:
-        for c in levels:
-            r = {"path": path, **run_level(call, len(bodies), c, args.time_cap)}
-            results.append(r)
-            print(f"{path:9s} c={c:3d}  n={r['requests']:5d} err={r['errors']}  p50 {r['p50_ms']:7.2f} ms  "
-                  f"p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['rps']:8.1f} req/s  (load {r['load1']})", flush=True)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    base, local = f"http://127.0.0.1:{port}", threading.local()
 
-    if "search" in paths:
-        record("search", lambda i: index.search(queries[i:i + 1], args.k, exclude=[plans[i].exclude]) is not None)
-    if "pipeline" in paths:
-        record("pipeline", lambda i: rec.recommend(**bodies[i]) is not None)
-    if "http" in paths:
-        import ray
-        from twotower.serve.app import build_app
-        from twotower.serve.deploy import wait_ready
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-        serve.run(build_app({"checkpoint": str(ckpt), "dataset": str(dataset), "index": str(index_dir),
-                             "num_cpus": 0.5, "access_log": False}), name="bench", route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, 300)
-        local = threading.local()
-
-        def http(i: int) -> bool:
+    def http(route: str):
+        def call(i: int) -> bool:
             if not hasattr(local, "s"):
                 local.s = requests.Session()
-            return local.s.post(f"{base}/v1/recommend", json=bodies[i], timeout=60).status_code == 200
-        run_level(http, 50, 4, 30)                                    # warm-up (not recorded)
-        try:
-            record("http", http)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+            return local.s.post(f"{base}{route}/v1/recommend", json=bodies[i], timeout=60).status_code == 200
+        return call
+
+    def measure(name: str, route: str) -> None:
+        run_level(http(route), 50, 4, 30)                                 # warm-up (not recorded)
+        for c in levels:
+            report(results, name, run_level(http(route), len(bodies), c, args.time_cap))
+    try:
+        if "floor" in paths:                  # measured again before each mode x factory group (load drifts)
+            deploy_floor(canned, args.replica_cpus)
+        group = None
+        for v in todo if "http" in paths else []:                # one dataset: the same bodies for every mode
+            if "floor" in paths and group != (v.mode, v.factory):
+                group = (v.mode, v.factory)
+                measure(f"floor (before {v.mode}/{v.factory})", "/floor")
+            deploy_variant(v, art[v.mode][1], art[v.mode][0], indexes[v], args.replica_cpus)
+            wait_ready(f"{base}{v.route}", 300)
+            measure(v.name, v.route)
+            serve.delete("bench")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": info, "args": vars(args), "results": results}, indent=2))
     return 0

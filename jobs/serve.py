@@ -11,7 +11,8 @@ Starts a local Ray (:func:`~twotower.distributed.local_ray.start_ray`: loopback-
 (127.0.0.1 by default: nothing listens on another address unless asked), deploys the application
 declaratively (like ``serve deploy``, so an edited config can later swap the index in place), waits
 until ``/healthz`` is ready and serves until Ctrl-C. Exit codes: 0 ok, 2 bad input (checkpoint, index,
-dataset, config), 1 Serve failed to start. SIGTERM stops it like Ctrl-C.
+dataset, config), 1 Serve failed to start. SIGTERM stops it like Ctrl-C, gracefully: requests in flight are
+answered before the replicas stop.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from twotower.index.manifest import IndexFormatError, Manifest
 from twotower import storage
 from twotower.model.checkpoint import CheckpointError, read_checkpoint
-from twotower.serve.config import APP_NAME, AppArgs, serve_config, write_serve_config
+from twotower.serve.config import APP_NAME, AppArgs, Scaling, serve_config, write_serve_config
 from twotower.jobs.common import run_standalone
 
 
@@ -52,7 +53,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress-replicas", type=int, default=1)
     p.add_argument("--num-cpus", type=float, default=0.25, help="logical CPUs reserved per replica (scheduling only)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of index files")
+    p.add_argument("--colocate", action="store_true", help="encode and search in the Ingress replica (the whole "
+                   "index in each; no encoder / searcher deployments): lowest latency for an index that fits")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for /healthz")
+    d = Scaling()
+    p.add_argument("--max-encoder-replicas", type=int, default=d.max_encoder_replicas,
+                   help="autoscaling maximum of the query encoder (minimum: --encoder-replicas)")
+    p.add_argument("--max-shard-replicas", type=int, default=d.max_shard_replicas,
+                   help="autoscaling maximum of each shard searcher (minimum: --shard-replicas)")
+    p.add_argument("--target-ongoing-requests", type=float, default=d.target_ongoing_requests,
+                   help="ongoing requests per replica the autoscaler aims at")
+    p.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests,
+                   help="requests queued at the proxy beyond those being served; more get 503 + Retry-After")
     p.set_defaults(func=run)
 
 
@@ -81,9 +93,13 @@ def build_config(args: argparse.Namespace) -> dict:
                   dataset=storage.normalize(args.dataset) if args.dataset else None,
                   user_cache=storage.normalize(args.user_cache) if args.user_cache else None,
                   shard_replicas=args.shard_replicas, encoder_replicas=args.encoder_replicas,
-                  ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify)
+                  ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify,
+                  colocate=args.colocate)
+    scaling = Scaling(max_encoder_replicas=args.max_encoder_replicas, max_shard_replicas=args.max_shard_replicas,
+                      target_ongoing_requests=args.target_ongoing_requests,
+                      max_queued_requests=args.max_queued_requests)
     return serve_config(app, index=storage.normalize(args.index), host=args.host, port=args.port,
-                        app_name=args.app_name, route_prefix=args.route_prefix)
+                        app_name=args.app_name, route_prefix=args.route_prefix, scaling=scaling)
 
 
 def write_user_cache(args: argparse.Namespace) -> str:
@@ -111,7 +127,7 @@ def serve_forever(config: dict, address: str | None, ready_timeout: float) -> in
     from ray import serve
 
     from twotower.distributed.local_ray import start_ray
-    from twotower.serve.deploy import deploy_config, wait_ready
+    from twotower.serve.deploy import deploy_config, drain, wait_ready
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
@@ -139,15 +155,22 @@ def serve_forever(config: dict, address: str | None, ready_timeout: float) -> in
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        # graceful: the Ingress drains (new requests 503 + Retry-After, /healthz 503) until the requests in
+        # flight are answered; only then are the applications deleted (which stops encoder and searchers)
+        print("twotower serve: draining, then stopping", flush=True)
+        try:
+            if not drain(config, ctx.dashboard_url):
+                print("twotower serve: requests still in flight after 30 s; stopping anyway", file=sys.stderr)
+        except Exception as e:                        # e.g. interrupted before the application was up
+            print(f"twotower serve: could not drain ({type(e).__name__}: {e}); stopping", file=sys.stderr)
         return 0
     except (TimeoutError, RuntimeError) as e:
         print(f"twotower serve: {e}", file=sys.stderr)
         return 1
     finally:
-        if address:
-            for app in config["applications"]:
-                serve.delete(app["name"])
-        else:
+        for app in config["applications"]:
+            serve.delete(app["name"])
+        if not address:
             serve.shutdown()
         ray.shutdown()
 

@@ -18,8 +18,10 @@ Pure modules (no Ray; unit-tested without Serve):
 
 Ray Serve: :mod:`.app` (deployments ``Ingress``, ``QueryEncoder``, ``Searcher0..S-1`` and
 ``build_app``), :mod:`.routes` (the routes, declared responses and examples of an Ingress replica's
-FastAPI app), :mod:`.http` (error mapping), :mod:`.deploy` (``serve deploy`` from
-Python). Command line: ``twotower serve`` (:mod:`twotower.jobs.serve`).
+FastAPI app), :mod:`.demo` (the ``/demo`` page and ``/v1/users``), :mod:`.colocated` (encode and search
+in the Ingress replica), :mod:`.metrics` (Prometheus metrics, draining), :mod:`.http` (error mapping),
+:mod:`.deploy` (``serve deploy`` from Python, graceful drain). Command line: ``twotower serve``
+(:mod:`twotower.jobs.serve`); operating it: ``docs/operating.md``.
 """
 
 __all__ = ["Recommender"]

@@ -3,6 +3,7 @@
     HTTP -> Ingress (FastAPI) --encode--> QueryEncoder (serve.batch)
                               --search--> Searcher0 .. Searcher{S-1} (one per shard, serve.batch)
                               --rerank--> QueryEncoder (scoring_layer only)
+    colocate:  HTTP -> Ingress (FastAPI: encode and search every shard in this replica, no hop)
 
 ``build_app(args)`` (``import_path: twotower.serve.app:build_app``) builds the application from
 :class:`~twotower.serve.config.AppArgs`. Index swap: new ``user_config.index_dir`` for the searchers
@@ -24,13 +25,15 @@ from ray.serve.handle import DeploymentHandle
 
 from twotower.model.checkpoint import read_checkpoint
 
+from .colocated import ColocatedBackend
 from .config import AppArgs, searcher_name
 from .fanout import search_all
 from .loading import load_encoder, load_serving_state
+from .metrics import Gate, IndexVersionGauge, RequestMetrics, ShardErrors
 from .query import QueryInput
 from .routes import build_api
 from .schema import Unavailable
-from .shards import SearchRequest, SearchResult, ShardStore
+from .shards import SearchRequest, SearchResult, ShardStore, reconfigure_store
 
 log = logging.getLogger("twotower.serve")
 STATUS_TIMEOUT_S = 5.0
@@ -72,36 +75,24 @@ class ShardSearcher:
                  batch_wait_timeout_s: float = 0.001):
         faiss.omp_set_num_threads(threads)
         self.store, self.model_sha256 = ShardStore(shard), model_sha256
+        self.version_gauge = IndexVersionGauge(searcher_name(shard))
         self.lock = asyncio.Lock()
         self.search.set_max_batch_size(max_batch_size)
         self.search.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def reconfigure(self, config: dict) -> None:
-        """Load ``config["index_dir"]`` in a thread while the loaded version keeps answering. A first load
-        that fails raises (the replica does not start); a later one keeps the old version and reports the
-        error in ``/v1/model``."""
-        index_dir = (config or {}).get("index_dir")
-        if not index_dir:
-            return
-        async with self.lock:
-            try:
-                version, index = await asyncio.to_thread(
-                    self.store.open, index_dir, verify=bool(config.get("verify", True)),
-                    search_params=config.get("search_params"), model_sha256=self.model_sha256)
-            except Exception as e:
-                self.store.last_error = f"{index_dir}: {e}"
-                if not self.store.versions:
-                    raise
-                log.error("shard %d: keeping index %s, could not load %s", self.store.shard, self.store.current, e)
-                return
-            self.store.install(version, index, index_dir)
-            log.info("shard %d: serving index %s from %s", self.store.shard, version, index_dir)
+        """Load ``config["index_dir"]`` (:func:`~twotower.serve.shards.reconfigure_store`): in a thread while
+        the loaded version keeps answering; a first load that fails raises (the replica does not start)."""
+        version = await reconfigure_store(self.store, config, self.model_sha256, self.lock)
+        if version is not None:
+            self.version_gauge.serve(version)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
     async def search(self, requests: list[SearchRequest]) -> list[SearchResult]:
         return self.store.search_many(requests)
 
     async def status(self) -> dict:
+        self.version_gauge.serve(self.store.current)            # keep the gauge exported
         return self.store.status()
 
 
@@ -115,6 +106,7 @@ class _ServeBackend:
         self.timeout_s, self.retry_after_s = timeout_s, retry_after_s
         self.calls = [(lambda req, h=h: h.search.remote(req)) for h in searchers]
         self.names = [h.deployment_name for h in searchers]
+        self.shard_errors = ShardErrors()
 
     async def _encoder(self, method: str, *args):
         response = getattr(self.encoder, method).remote(*args)
@@ -139,7 +131,7 @@ class _ServeBackend:
 
     async def search(self, query, k, exclude):
         return await search_all(self.calls, query, k, exclude, timeout_s=self.timeout_s, names=self.names,
-                                retry_after_s=self.retry_after_s)
+                                retry_after_s=self.retry_after_s, on_error=self.shard_errors)
 
     async def statuses(self) -> list[dict]:
         async def one(s: int, h: DeploymentHandle) -> dict:
@@ -154,16 +146,48 @@ class _ServeBackend:
 @serve.ingress()
 class Ingress:
     """HTTP API (routes and responses: :mod:`twotower.serve.routes`; bodies: :mod:`twotower.serve.schema` and
-    :mod:`twotower.serve.contract`; errors: :mod:`twotower.serve.http`)."""
+    :mod:`twotower.serve.contract`; errors: :mod:`twotower.serve.http`). ``colocate`` (``{"num_shards",
+    "user_cache", "threads", "search_threads", "model_sha256"}``): encode and search here (:mod:`twotower.serve.colocated`)
+    instead of through ``encoder`` and ``searchers``."""
 
-    def __init__(self, encoder: DeploymentHandle, searchers: list[DeploymentHandle], checkpoint: str,
-                 dataset: str | None = None, backend_timeout_s: float = 10.0, retry_after_s: int = 2):
-        self.state = load_serving_state(read_checkpoint(checkpoint), dataset)
-        self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
+    def __init__(self, encoder: DeploymentHandle | None, searchers: list[DeploymentHandle], checkpoint: str,
+                 dataset: str | None = None, backend_timeout_s: float = 10.0, retry_after_s: int = 2,
+                 colocate: dict | None = None):
+        info = read_checkpoint(checkpoint)
+        self.state = load_serving_state(info, dataset)
+        self.colocate = colocate
+        if colocate is not None:
+            torch.set_num_threads(colocate.get("threads", 1))
+            faiss.omp_set_num_threads(colocate.get("search_threads", 1))
+            local = load_encoder(info, dataset, colocate.get("user_cache"), users=self.state.users)
+            self.backend = ColocatedBackend(local, colocate["num_shards"], colocate.get("model_sha256"),
+                                            retry_after_s, backend_timeout_s)
+            self.version_gauge = IndexVersionGauge("Ingress")
+            self.backend.on_status = self.version_gauge.serve
+        else:
+            self.backend = _ServeBackend(encoder, searchers, backend_timeout_s, retry_after_s)
+        self.gate = Gate(retry_after_s=retry_after_s)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's FastAPI app, built for the loaded model (called by Serve after ``__init__``)."""
-        return build_api(self.state, self.backend, len(self.backend.searchers))
+        shards = len(self.backend.stores) if self.colocate is not None else len(self.backend.searchers)
+        api = build_api(self.state, self.backend, shards)
+        api.add_middleware(RequestMetrics, gate=self.gate)  # metrics, draining (twotower.serve.metrics)
+        return api
+
+    async def reconfigure(self, config: dict) -> None:
+        """``user_config``: ``{"draining": bool}``; draining, new requests get 503 + Retry-After while the
+        ones in flight finish (``twotower serve``'s graceful shutdown). Colocated, also the searchers'
+        ``index_dir`` / ``verify`` / ``search_params`` (:func:`~twotower.serve.shards.reconfigure_store`)."""
+        self.gate.draining = bool((config or {}).get("draining", False))
+        if self.colocate is not None:
+            version = await self.backend.reconfigure(config)
+            if version is not None:
+                self.version_gauge.serve(version)
+
+    async def drain_status(self) -> dict:
+        """``{"draining": bool, "in_flight": int}``: HTTP requests this replica is answering now."""
+        return {"draining": self.gate.draining, "in_flight": self.gate.in_flight}
 
 
 def build_app(args: dict) -> serve.Application:
@@ -179,12 +203,17 @@ def build_app(args: dict) -> serve.Application:
     common = {"ray_actor_options": {"num_cpus": a.num_cpus}, "max_ongoing_requests": a.max_ongoing_requests,
               "health_check_period_s": a.health_check_period_s}
     batching = (a.max_batch_size, a.batch_wait_timeout_s)
+    ingress = Ingress.options(num_replicas=a.ingress_replicas, logging_config={"enable_access_log": a.access_log},
+                              **common)
+    user_config = {"index_dir": a.index, "verify": a.verify} if a.index else None
+    if a.colocate:
+        colocate = {"user_cache": a.user_cache, "threads": a.encoder_threads, "search_threads": a.search_threads,
+                    "model_sha256": sha, "num_shards": a.shards()}
+        return ingress.options(user_config=user_config).bind(None, [], a.checkpoint, a.dataset, a.backend_timeout_s,
+                                                             a.retry_after_s, colocate)
     encoder = QueryEncoderDeployment.options(num_replicas=a.encoder_replicas, logging_config=quiet, **common).bind(
         a.checkpoint, a.dataset, a.user_cache, a.encoder_threads, *batching)
-    user_config = {"index_dir": a.index, "verify": a.verify} if a.index else None
     searchers = [ShardSearcher.options(name=searcher_name(s), num_replicas=a.shard_replicas, user_config=user_config,
                                        logging_config=quiet, **common).bind(s, sha, a.search_threads, *batching)
                  for s in range(a.shards())]
-    return Ingress.options(num_replicas=a.ingress_replicas, logging_config={"enable_access_log": a.access_log},
-                           **common).bind(encoder, searchers, a.checkpoint, a.dataset, a.backend_timeout_s,
-                                          a.retry_after_s)
+    return ingress.bind(encoder, searchers, a.checkpoint, a.dataset, a.backend_timeout_s, a.retry_after_s)

@@ -11,6 +11,8 @@ import time
 
 import requests
 
+from .config import draining
+
 
 def deploy_config(config: dict, dashboard_url: str, keep_others: bool = True) -> None:
     """PUT ``config`` (a ServeDeploySchema dict) to the dashboard at ``dashboard_url`` (``http://host:port``).
@@ -56,3 +58,29 @@ def wait_ready(base_url: str, timeout_s: float = 300.0, want_version: str | None
             last = f"{type(e).__name__}: {e}"
         time.sleep(poll_s)
     raise TimeoutError(f"{base_url}/healthz not ready after {timeout_s:.0f} s (last: {last})")
+
+
+def drain(config: dict, dashboard_url: str, timeout_s: float = 30.0, poll_s: float = 0.05,
+          settle: int = 3) -> bool:
+    """Graceful stop, first half: deploy ``config`` with every application's Ingress draining (new requests
+    get 503 + Retry-After) and wait until the Ingress answers ``settle`` polls in a row that it drains with
+    no request in flight (with several Ingress replicas a poll reaches one of them). Deleting the
+    application afterwards stops the encoder and searchers only once nothing needs them.
+
+    Returns False when that did not happen within ``timeout_s`` (the caller deletes anyway).
+    """
+    from ray import serve
+
+    for app in config["applications"]:
+        config = draining(config, app["name"])
+    deploy_config(config, dashboard_url)
+    deadline = time.monotonic() + timeout_s
+    for app in config["applications"]:
+        handle, calm = serve.get_deployment_handle("Ingress", app["name"]), 0
+        while calm < settle:
+            if time.monotonic() > deadline:
+                return False
+            st = handle.drain_status.remote().result(timeout_s=max(0.1, deadline - time.monotonic()))
+            calm = calm + 1 if st["draining"] and st["in_flight"] == 0 else 0
+            time.sleep(poll_s)
+    return True

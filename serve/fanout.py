@@ -68,7 +68,8 @@ async def _call(searcher: Searcher, request: SearchRequest, timeout_s: float) ->
 
 async def search_all(searchers: Sequence[Searcher], query: np.ndarray, k: int, exclude: np.ndarray | None = None,
                      *, timeout_s: float = DEFAULT_TIMEOUT_S, wait_s: float = 0.05, attempts: int | None = None,
-                     names: Sequence[str] | None = None, retry_after_s: int = 1) -> tuple[str, np.ndarray, np.ndarray]:
+                     names: Sequence[str] | None = None, retry_after_s: int = 1,
+                     on_error: Callable[[str, str], None] | None = None) -> tuple[str, np.ndarray, np.ndarray]:
     """Top-``k`` over all shards for one query, all shards answering from one index version.
 
     Args:
@@ -79,6 +80,7 @@ async def search_all(searchers: Sequence[Searcher], query: np.ndarray, k: int, e
         attempts: at most this many retry rounds (None: until the deadline).
         names: deployment name of each shard for the error (default ``shard S``).
         retry_after_s: the ``Retry-After`` the 503 suggests (seconds).
+        on_error: called ``(name, why)`` for every failed shard call, retried or not (metrics).
     Returns:
         (index version, scores float32 (k,), item_idx int64 (k,)), best first, -inf / -1 padded.
     Raises:
@@ -87,7 +89,14 @@ async def search_all(searchers: Sequence[Searcher], query: np.ndarray, k: int, e
     """
     deadline = time.monotonic() + timeout_s
     left = lambda: deadline - time.monotonic()                       # noqa: E731
+    names = list(names) if names is not None else [f"shard {s}" for s in range(len(searchers))]
+
+    def report(shards: Sequence[int]) -> None:
+        for s in shards:
+            if on_error is not None and results[s].error is not None:
+                on_error(names[s], results[s].error)
     results = list(await asyncio.gather(*(_call(s, SearchRequest(query, k, exclude), left()) for s in searchers)))
+    report(range(len(results)))
     rounds = 0
     while True:
         versions = {r.version for r in results}
@@ -105,7 +114,7 @@ async def search_all(searchers: Sequence[Searcher], query: np.ndarray, k: int, e
                                        for s in redo))
         for s, r in zip(redo, again):
             results[s] = r
-    names = list(names) if names is not None else [f"shard {s}" for s in range(len(searchers))]
+        report(redo)
     bad = [s for s, r in enumerate(results) if r.error is not None]
     if bad:
         why = "; ".join(f"{names[s]} (shard {s}): {results[s].error}" for s in bad)

@@ -5,6 +5,7 @@ from the loaded model (:mod:`twotower.serve.contract`), every response they give
     POST /v1/similar-items   200 SimilarItemsResponse, 404 / 422 / 503 ErrorBody
     GET  /v1/model           200 ModelInfo
     GET  /healthz            200 / 503 Health
+    GET  /v1/users[/{id}]    200 sample user ids / a user's recent items; GET /demo the demo page (:mod:`.demo`)
 
 A 503 carries ``Retry-After``. A 500 is a bug and is not part of the contract (:mod:`twotower.serve.http`).
 """
@@ -19,6 +20,8 @@ from .contract import recommend_examples, request_models, similar_examples
 from .http import create_api
 from .recommender import ServingState
 from .context import derived_features
+from .demo import add_demo_routes
+from .metrics import note_path
 from .schema import (ErrorBody, FeatureField, Health, IndexSummary, ModelInfo, RecommendResponse, ShardHealth,
                      ShardStatus, SimilarItemsResponse)
 from .user_state import MAX_ENUM
@@ -105,7 +108,9 @@ def build_api(state: ServingState, backend, num_shards: int) -> FastAPI:
     @api.post("/v1/recommend", response_model=RecommendResponse, responses=error_responses(422, 503))
     async def recommend(body: recommend_body) -> RecommendResponse:
         """Top-k items for a user in a context (model path, or cold start for unknown users)."""
-        return await recommender.recommend(body, state, backend)
+        response = await recommender.recommend(body, state, backend)
+        note_path(response.path)                     # the request's ``path`` label (twotower.serve.metrics)
+        return response
 
     @api.post("/v1/similar-items", response_model=SimilarItemsResponse, responses=error_responses(404, 422, 503))
     async def similar(body: similar_body) -> SimilarItemsResponse:
@@ -126,4 +131,5 @@ def build_api(state: ServingState, backend, num_shards: int) -> FastAPI:
         body = health(state, await backend.statuses())
         return JSONResponse(status_code=200 if body.status == "ready" else 503, content=body.model_dump())
 
+    add_demo_routes(api, state)
     return api

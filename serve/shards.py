@@ -14,6 +14,8 @@ every file), so a rebuilt index is a new version even at the same path.
 from __future__ import annotations
 
 import hashlib
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from twotower.index.manifest import MANIFEST_NAME, IndexFormatError
 from twotower.index.sharded import ShardedIndex
 
 KEEP_VERSIONS = 2
+log = logging.getLogger("twotower.serve")
 
 
 def index_version(index_dir: str) -> str:
@@ -149,3 +152,31 @@ class ShardStore:
                 out[i] = SearchResult(v, held, scores[j, :kk], items[j, :kk])
         return out  # type: ignore[return-value]
 
+
+
+async def reconfigure_store(store: ShardStore, config: dict | None, model_sha256: str | None,
+                            lock: asyncio.Lock) -> str | None:
+    """Load ``config["index_dir"]`` (``verify``, ``search_params``) into ``store`` in a thread while the loaded
+    version keeps answering; returns the version now answering (None: no ``index_dir`` in ``config``).
+
+    Raises:
+        IndexFormatError / OSError: a first load that fails (a replica without an index must not start);
+            a later failure keeps the old version and is reported as ``last_error`` (``GET /v1/model``).
+    """
+    index_dir = (config or {}).get("index_dir")
+    if not index_dir:
+        return None
+    async with lock:
+        try:
+            version, index = await asyncio.to_thread(
+                store.open, index_dir, verify=bool(config.get("verify", True)),
+                search_params=config.get("search_params"), model_sha256=model_sha256)
+        except Exception as e:
+            store.last_error = f"{index_dir}: {e}"
+            if not store.versions:
+                raise
+            log.error("shard %s: keeping index %s, could not load %s", store.shard, store.current, e)
+            return store.current
+        store.install(version, index, index_dir)
+        log.info("shard %s: serving index %s from %s", store.shard, version, index_dir)
+        return version

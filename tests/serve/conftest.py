@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_helpers import Apps, make_artifacts, free_port
+from serve_helpers import Apps, free_port, make_artifacts, start_cli
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +64,35 @@ def serve_apps(serve_http, user_tower_artifacts, trilinear_artifacts, scoring_la
     yield Apps(f"{base}/user-tower", f"{base}/trilinear", f"{base}/scoring-layer", ut, tri, sl, config, dashboard)
     for name in ("tt-trilinear", "tt-user-tower", "tt-scoring-layer"):
         serve.delete(name)
+
+
+@pytest.fixture(scope="session")
+def ops_app(serve_http, trilinear_artifacts, tmp_path_factory):
+    """``twotower serve`` (the CLI, a subprocess joined to the session's Ray) serving the trilinear model at
+    ``/ops`` from a config written by ``--write-config`` and edited as an operator would: a small Ingress
+    capacity (2 ongoing + 4 queued requests) and a query encoder that autoscales 1 -> 2 replicas after 1 s
+    of load (target 0.2 ongoing requests per replica) and back after 2 s idle. Yields :class:`serve_helpers.CliApp`; ``test_serve_operations`` ends
+    it with SIGTERM (its last test), else it is stopped here."""
+    import ray
+    import yaml
+
+    from twotower.jobs import serve as serve_job
+
+    art, (base, options) = trilinear_artifacts, serve_http
+    config = tmp_path_factory.mktemp("ops") / "serve.yaml"
+    assert serve_job.main(["--index", str(art.index), "--checkpoint", str(art.checkpoint), "--dataset", str(art.dataset),
+                           "--port", str(options["port"]), "--num-cpus", "0.05", "--app-name", "tt-ops",
+                           "--route-prefix", "/ops", "--max-encoder-replicas", "2", "--max-shard-replicas", "1",
+                           "--max-queued-requests", "4", "--write-config", str(config)]) == 0
+    doc = yaml.safe_load(config.read_text())
+    for d in doc["applications"][0]["deployments"]:
+        if d["name"] == "Ingress":
+            d["max_ongoing_requests"] = 2
+        if d["name"] == "QueryEncoder":
+            d["autoscaling_config"].update(target_ongoing_requests=0.2, upscale_delay_s=1, downscale_delay_s=2,
+                                           look_back_period_s=2, metrics_interval_s=0.5)
+    config.write_text(yaml.safe_dump(doc))
+    app = start_cli(["--config", str(config), "--address", ray.get_runtime_context().gcs_address],
+                    "serving tt-ops at", f"{base}/ops", "tt-ops")
+    yield app
+    app.stop()

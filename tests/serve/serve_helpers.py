@@ -179,3 +179,44 @@ def wait_for_cli_ready(proc, marker: str) -> list[str]:
             break
     assert any(marker in line for line in lines), "".join(lines[-30:])
     return lines
+
+
+@dataclass
+class CliApp:
+    """A ``python -m twotower.jobs.serve`` subprocess serving ``app_name`` at ``url``; ``lines``: its output
+    read so far."""
+
+    proc: object
+    url: str
+    app_name: str
+    lines: list
+
+    def stop(self, timeout_s: float = 120) -> int | None:
+        """SIGTERM (if still running) and wait; returns the exit code (None when it had to be killed)."""
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return None
+        return self.proc.returncode
+
+
+def start_cli(args: list[str], marker: str, url: str, app_name: str) -> CliApp:
+    """Start ``python -m twotower.jobs.serve ARGS`` and wait until it prints ``marker`` (ready)."""
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "twotower.jobs.serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    try:
+        lines = wait_for_cli_ready(proc, marker)
+    except BaseException:
+        proc.kill()
+        raise
+    import threading
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()   # keep the pipe drained
+    return CliApp(proc, url, app_name, lines)

@@ -35,7 +35,12 @@ def test_write_config_is_a_valid_serve_deploy_file(user_tower_artifacts, tmp_pat
     assert app["import_path"] == "twotower.serve.app:build_app" and "index" not in app["args"]
     searchers = [d for d in app["deployments"] if d["name"].startswith("Searcher")]
     assert [d["name"] for d in searchers] == ["Searcher0", "Searcher1"]
-    assert all(d["num_replicas"] == 2 and d["user_config"]["index_dir"] == str(art.index.resolve()) for d in searchers)
+    assert all(d["user_config"]["index_dir"] == str(art.index.resolve()) for d in searchers)
+    assert all(d["num_replicas"] == "auto" and d["autoscaling_config"]["min_replicas"] == 2 and
+               d["autoscaling_config"]["max_replicas"] == 4 for d in searchers)
+    ingress = app["deployments"][0]
+    assert ingress["name"] == "Ingress" and ingress["max_queued_requests"] == 256
+    assert ingress["backpressure_config"] == {"status_code": 503, "retry_after_s": 2}
     built = build_app(app["args"])                       # what Serve does with import_path + args
     assert built is not None
 

@@ -26,7 +26,7 @@ SEED = 20240607
 POSITIVE_EXAMPLES, NEGATIVE_EXAMPLES = 50, 30            # fuzzed cases per operation (plus examples, coverage)
 APPS = ["user_tower", "trilinear"]
 OK = {"POST /v1/recommend": {200}, "POST /v1/similar-items": {200, 404}, "GET /v1/model": {200},
-      "GET /healthz": {200}}
+      "GET /healthz": {200}, "GET /v1/users": {200}, "GET /v1/users/{user_id}": {200}}
 COUNTS: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
 
 

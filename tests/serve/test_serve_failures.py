@@ -136,3 +136,25 @@ def test_fanout_times_out_a_silent_shard_with_503_naming_it():
     assert r.status_code == 503 and r.headers["Retry-After"] == "4"
     assert json.loads(r.body) == {"error": "unavailable", "message": str(e.value), "fields": [], "unavailable": ["S1"],
                         "retry_after_s": 4}
+
+
+def test_fanout_reports_every_failed_shard_call():
+    """``on_error`` (the ``ray_twotower_shard_errors_total`` counter in Serve) hears of each failed call,
+    the retried ones too."""
+    calls = {"n": 0}
+
+    async def ok(req: SearchRequest) -> SearchResult:
+        return SearchResult("a", ("a",), np.array([1.0], np.float32), np.array([1]))
+
+    async def flaky(req: SearchRequest) -> SearchResult:          # fails twice, then answers
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError("replica died")
+        return SearchResult("a", ("a",), np.array([0.5], np.float32), np.array([2]))
+
+    errors = []
+    version, scores, items = asyncio.run(search_all([ok, flaky], np.zeros(2, np.float32), 2, timeout_s=30,
+                                                    wait_s=0.01, names=["S0", "S1"],
+                                                    on_error=lambda name, why: errors.append((name, why))))
+    assert version == "a" and items.tolist() == [1, 2]
+    assert errors == [("S1", "RuntimeError: replica died")] * 2
