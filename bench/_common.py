@@ -17,10 +17,12 @@ import torch
 
 from twotower.data.splits import read_split_examples
 from twotower.data.tables import load_feature_tables
+from twotower.evaluation.offline import iter_split_batches
 from twotower.distributed.config import TrainConfig
 from twotower.model.optim import build_optimizer
 from twotower.model.batch import as_tensors
 from twotower.model.loss import compute_loss
+from twotower.model.metrics import RankingAccumulator
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
 
@@ -61,13 +63,14 @@ class PlainRun:
 
 
 def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Tensor], *, max_steps: int | None = None,
-                epochs: int = 1, on_epoch=None, seed: int = 0) -> PlainRun:
+                epochs: int = 1, on_epoch=None, seed: int = 0, every: int = 0, on_steps=None) -> PlainRun:
     """Single-process PyTorch loop over in-memory tensors: per epoch a random permutation, batches of
     ``cfg.batch_size`` (last partial batch dropped, as in Ray Train), ``compute_loss`` + the configured
     optimizer: the same model, loss and batch as a Ray Train worker, without Ray Data or DDP.
 
     ``on_epoch(epoch, run) -> bool`` is called after every epoch outside the timed section; returning
-    True stops training. Returns a :class:`PlainRun` (seconds = training time only).
+    True stops training; so does ``on_steps(run) -> bool``, called every ``every`` steps (also untimed).
+    Returns a :class:`PlainRun` (seconds = training time only).
     """
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
     generator = torch.Generator().manual_seed(seed)
@@ -87,11 +90,52 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
             run.steps, run.examples = run.steps + 1, run.examples + b
             if max_steps and run.steps >= max_steps:
                 break
+            if on_steps is not None and every and run.steps % every == 0:
+                run.seconds += time.perf_counter() - t0
+                if on_steps(run):
+                    return run
+                t0 = time.perf_counter()
         run.seconds += time.perf_counter() - t0
         run.epochs = epoch
         if (on_epoch is not None and on_epoch(epoch, run)) or (max_steps and run.steps >= max_steps):
             break
     return run
+
+
+class TestQueries:
+    """A split in memory: model input tensors and seen items per batch; sampled HR@10 and Recall@10 of scores."""
+
+    def __init__(self, ds: Path, schema, split: str = "test"):
+        self.schema, self.split = schema, split
+        self.batches = [(as_tensors(b), seen) for b, seen in iter_split_batches(ds, split, schema, 4096)]
+
+    def metrics(self, scores: list[torch.Tensor]) -> dict:
+        """``sampled_hr@10`` and full-ranking ``recall@10`` (and ``ndcg@10``) of per-batch score matrices
+        (B, num_items) in twotower's item index space."""
+        acc = RankingAccumulator([10], self.schema.num_items, sampled_negatives=100, sampled_k=10)
+        for s, (batch, seen) in zip(scores, self.batches):
+            acc.add(s, batch["item_idx"], seen, user_idx=batch["user_idx"])
+        return RankingAccumulator.finalize(acc.sums())
+
+    @torch.no_grad()
+    def model_metrics(self, model) -> dict:
+        model.eval()
+        items = model.all_item_embeddings()
+        out = self.metrics([model.rank_scores(b, items) for b, _ in self.batches])
+        model.train()
+        return out
+
+    def factor_metrics(self, user_factors, item_factors) -> dict:
+        """Metrics of a matrix factorisation: score = user_factors[u] . item_factors[i] (numpy (U, F), (I, F))."""
+        users, items = torch.from_numpy(user_factors), torch.from_numpy(item_factors)
+        return self.metrics([users[b["user_idx"]] @ items.T for b, _ in self.batches])
+
+
+def epoch_report_times(fit_wall_s: float, epoch_seconds: list[float]) -> list[float]:
+    """Seconds since the start of a ``fit`` at which each epoch's checkpoint was reported: the fit's wall
+    time minus the seconds of the later epochs (the teardown after the last report is counted in every
+    epoch's time, so the figures are slightly pessimistic)."""
+    return [fit_wall_s - sum(epoch_seconds[i + 1:]) for i in range(len(epoch_seconds))]
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, write_docs_section  # noqa: E402
+from _common import epoch_report_times, machine_line, write_docs_section  # noqa: E402
 from twotower.distributed.config import TrainConfig  # noqa: E402
 
 HR_BAR, RATIO_BAR = 0.70, 3.0
@@ -58,12 +58,12 @@ def main(argv=None) -> int:
     fit_wall = time.perf_counter() - t0
     history = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
     rows, reached = [], None
-    for i, h in enumerate(history):
+    times = epoch_report_times(fit_wall, [float(h["seconds"]) for h in history])
+    for h, at in zip(history, times):
         epoch = int(h["epoch"])
         ckpt = result.run_dir / f"epoch_{epoch:04d}"
         test = evaluate(ckpt, ds, split="test", ks=(10,))
         model, pop = test["model"], test["popularity"]
-        at = fit_wall - sum(float(x["seconds"]) for x in history[i + 1:])
         row = {"epoch": epoch, "wall_s": at, "epoch_s": float(h["seconds"]),
                "examples_per_s": float(h["examples_per_s"]), "sampled_hr@10": model["sampled_hr@10"],
                "recall@10": model["recall@10"], "ratio": model["recall@10"] / pop["recall@10"]}

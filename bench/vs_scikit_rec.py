@@ -51,12 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import build_model, load_split_tensors, machine_line, plain_train, write_docs_section  # noqa: E402
+from _common import (TestQueries, build_model, load_split_tensors, machine_line, plain_train,  # noqa: E402
+                     write_docs_section)
 from _skrec_data import write_skrec_inputs  # noqa: E402
 from twotower.distributed.config import TrainConfig  # noqa: E402
-from twotower.evaluation import iter_split_batches  # noqa: E402
-from twotower.model.batch import as_tensors  # noqa: E402
-from twotower.model.metrics import RankingAccumulator  # noqa: E402
 
 SKREC_CONFIG = {"user_embedding_dim": 32, "item_embedding_dim": 32, "final_embedding_dim": 16,
                 "context_mode": "trilinear", "learning_rate": 0.001, "epochs": 50, "batch_size": 256,
@@ -90,30 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="write all results as JSON here")
     p.add_argument("--render", help="only re-render the table (and --write-docs) from a JSON written by --out")
     return p.parse_args(argv)
-
-
-class TestQueries:
-    """A split in memory: model input tensors and seen items per batch; sampled HR@10 and Recall@10 of scores."""
-
-    def __init__(self, ds: Path, schema, split: str = "test"):
-        self.schema, self.split = schema, split
-        self.batches = [(as_tensors(b), seen) for b, seen in iter_split_batches(ds, split, schema, 4096)]
-
-    def metrics(self, scores: list[torch.Tensor]) -> dict:
-        """``sampled_hr@10`` and full-ranking ``recall@10`` of per-batch score matrices (B, num_items) in
-        twotower's item index space."""
-        acc = RankingAccumulator([10], self.schema.num_items, sampled_negatives=100, sampled_k=10)
-        for s, (batch, seen) in zip(scores, self.batches):
-            acc.add(s, batch["item_idx"], seen, user_idx=batch["user_idx"])
-        return RankingAccumulator.finalize(acc.sums())
-
-    @torch.no_grad()
-    def model_metrics(self, model) -> dict:
-        model.eval()
-        items = model.all_item_embeddings()
-        out = self.metrics([model.rank_scores(b, items) for b, _ in self.batches])
-        model.train()
-        return out
 
 
 def wait_for_quiet(limit: float, max_s: float) -> float:

@@ -105,7 +105,8 @@ class FitResult:
     as is ``best_checkpoint``) for a URI one. weight_digests: sha256 of each worker's final weights.
     resumed_after_epochs: completed epochs after which the run continued from its own checkpoint
     (worker failures); empty for an undisturbed run. skipped_files: ``{"path", "reason"}`` of the
-    input files left out by ``skip_bad_files``.
+    input files left out by ``skip_bad_files``. torch_threads: each worker's intra-op threads
+    (``TrainConfig.torch_threads``).
     """
 
     best_checkpoint: Path | str
@@ -117,6 +118,7 @@ class FitResult:
     ray_result_path: str = ""
     resumed_after_epochs: list[int] = field(default_factory=list)
     skipped_files: list[dict] = field(default_factory=list)
+    torch_threads: list[int] = field(default_factory=list)
 
 
 def write_run_artifacts(out: dict, run: ResolvedRun) -> FitResult:
@@ -163,7 +165,8 @@ def _write_local(out: dict, run: ResolvedRun, local: Path) -> FitResult:
                        weight_digests=list(ret.get("weight_digests") or []),
                        stopped_early=bool(ret.get("stopped_early")), ray_result_path=str(out["path"]),
                        resumed_after_epochs=list(ret.get("resumed_after_epochs") or []),
-                       skipped_files=[b.as_dict() for b in run.skipped])
+                       skipped_files=[b.as_dict() for b in run.skipped],
+                       torch_threads=list(ret.get("torch_threads") or []))
     if result.resumed_after_epochs:
         log.warning("training recovered from worker failure(s): resumed from the run's checkpoint after "
                     "epoch(s) %s", result.resumed_after_epochs)
@@ -172,5 +175,5 @@ def _write_local(out: dict, run: ResolvedRun, local: Path) -> FitResult:
         "best_metrics": best, "epochs_run": len(history), "stopped_early": result.stopped_early,
         "best_checkpoint": str(result.best_checkpoint), "ray_result_path": result.ray_result_path,
         "weight_digests": result.weight_digests, "resumed_after_epochs": result.resumed_after_epochs,
-        "skipped_files": result.skipped_files})
+        "skipped_files": result.skipped_files, "torch_threads": result.torch_threads})
     return result

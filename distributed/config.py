@@ -44,6 +44,11 @@ class TrainConfig(BaseModel):
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of each worker's torch (torch.set_num_threads); null = the CPUs "
+                                "this process may run on divided by the workers on its node. Ray sets "
+                                "OMP_NUM_THREADS to a task's whole CPUs (1 for cpus_per_worker 1), which would "
+                                "leave the other cores idle")
     use_gpu: bool = False
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward and loss under torch.autocast(cuda, bfloat16) (weights, "

@@ -51,7 +51,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     Returns ``{"history": [per-epoch metrics], "weight_digests": [sha256 of each rank's final
     weights], "best_epoch", "stopped_early", "resumed_after_epochs": [epochs after which this run
-    continued from its own checkpoint]}``.
+    continued from its own checkpoint], "torch_threads": [each rank's intra-op threads]}``.
 
     Raises:
         FloatingPointError: the training loss became NaN/inf.
@@ -97,7 +97,8 @@ def train_loop_per_worker(config: dict) -> dict:
     digests = all_gather_object(weight_digest(core))     # DDP must have kept the replicas identical
     return {"history": state.history, "weight_digests": digests, "best_epoch": state.best_epoch,
             "stopped_early": bool(state.history and state.history[-1]["stop"]),
-            "resumed_after_epochs": state.resumed_after_epochs}
+            "resumed_after_epochs": state.resumed_after_epochs,
+            "torch_threads": all_gather_object(torch.get_num_threads())}
 
 
 @dataclass
@@ -114,8 +115,12 @@ class Worker:
     def start(cls, config: dict) -> "Worker":
         _quiet_report_logs()
         ctx = ray.train.get_context()
-        return cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
-                   ProgressReporter(config.get("tracker")))
+        w = cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                ProgressReporter(config.get("tracker")))
+        threads = worker_threads(config["run"].config.torch_threads, ctx.get_local_world_size())
+        torch.set_num_threads(threads)
+        w.say(f"torch threads per worker: {threads}")
+        return w
 
     def say(self, line: str) -> None:
         if self.rank == 0:
@@ -126,6 +131,18 @@ class Worker:
         seconds into the epoch."""
         self.progress.beat(stage="train", epoch=epoch, step=steps, rows=examples * self.world,
                            seconds=time.perf_counter() - t0)
+
+
+def worker_threads(configured: int | None, local_workers: int) -> int:
+    """Intra-op threads for one worker: ``configured`` when given, else the CPUs this process may run on
+    (``os.sched_getaffinity``) divided by ``local_workers`` (the workers on this node), at least 1.
+
+    Ray starts a task with ``OMP_NUM_THREADS`` = its whole CPUs (1 for ``cpus_per_worker: 1``), so without
+    this a lone worker on a 2-core machine computes on one core while Ray Data's tasks mostly wait.
+    """
+    if configured is not None:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)) // max(1, local_workers))
 
 
 def setup(run: ResolvedRun, w: Worker) -> tuple[torch.nn.Module, object, TrainState]:

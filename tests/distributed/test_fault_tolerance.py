@@ -103,6 +103,12 @@ def undisturbed(ray_cluster, synthetic_dataset, tmp_path_factory):
     return TwoTowerTrainer(_config(tmp_path_factory.mktemp("runs"), "undisturbed")).fit(synthetic_dataset)
 
 
+def test_each_worker_computes_on_its_share_of_the_cores(undisturbed):
+    # Ray starts every worker with OMP_NUM_THREADS=1 (cpus_per_worker 1); the loop sets torch's threads
+    # to the cores this process may use / the workers on the node (TrainConfig.torch_threads: null)
+    assert undisturbed.torch_threads == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
+
+
 def test_worker_killed_in_epoch_2_resumes_from_epoch_1_checkpoint(undisturbed, synthetic_dataset, tmp_path,
                                                                   capfd):
     cfg = _config(tmp_path, "killed")

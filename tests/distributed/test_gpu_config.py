@@ -1,8 +1,9 @@
 """The GPU configuration, checked on CPU: what NCCL cannot run is switched (with the line saying so) or
-refused, before anything starts."""
+refused, before anything starts; and the CPU threads each worker computes on."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -46,3 +47,15 @@ def test_the_resolved_run_carries_the_switch_and_logs_it(synthetic_dataset, tmp_
         run = resolve_run(cfg, synthetic_dataset)
     assert run.config.model.sparse_id_embeddings is False
     assert any("NCCL cannot all-reduce sparse gradients" in r.getMessage() for r in caplog.records)
+
+
+def test_worker_threads_split_the_cores_among_the_workers_of_a_node():
+    from twotower.distributed.train_loop import worker_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(None, 1) == cores
+    assert worker_threads(None, 2) == max(1, cores // 2)
+    assert worker_threads(None, 4 * cores) == 1                   # never 0
+    assert worker_threads(3, 2) == 3                              # an explicit torch_threads wins
+    with pytest.raises(ValueError, match="torch_threads"):
+        TrainConfig.model_validate({"torch_threads": 0})
