@@ -61,6 +61,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="autoscaling maximum of the query encoder (minimum: --encoder-replicas)")
     p.add_argument("--max-shard-replicas", type=int, default=d.max_shard_replicas,
                    help="autoscaling maximum of each shard searcher (minimum: --shard-replicas)")
+    p.add_argument("--max-ingress-replicas", type=int, default=d.max_ingress_replicas,
+                   help="with --colocate: autoscaling maximum of the Ingress (minimum: --ingress-replicas)")
     p.add_argument("--target-ongoing-requests", type=float, default=d.target_ongoing_requests,
                    help="ongoing requests per replica the autoscaler aims at")
     p.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests,
@@ -96,6 +98,7 @@ def build_config(args: argparse.Namespace) -> dict:
                   ingress_replicas=args.ingress_replicas, num_cpus=args.num_cpus, verify=not args.no_verify,
                   colocate=args.colocate)
     scaling = Scaling(max_encoder_replicas=args.max_encoder_replicas, max_shard_replicas=args.max_shard_replicas,
+                      max_ingress_replicas=args.max_ingress_replicas,
                       target_ongoing_requests=args.target_ongoing_requests,
                       max_queued_requests=args.max_queued_requests)
     return serve_config(app, index=storage.normalize(args.index), host=args.host, port=args.port,

@@ -10,7 +10,7 @@ in-flight fan-outs, see :mod:`twotower.serve.fanout`): an index swap without res
 requests. Changing ``args`` restarts the replicas (Serve's rolling update).
 
 Operating knobs (:class:`Scaling`, in the deployments' entries, so they can be edited in the file): the
-``QueryEncoder`` and every ``SearcherK`` carry an ``autoscaling_config`` (``num_replicas: auto``, min / max
+``QueryEncoder`` and every ``SearcherK`` (colocated: the ``Ingress``, which encodes and searches) carry an ``autoscaling_config`` (``num_replicas: auto``, min / max
 replicas, target ongoing requests per replica, up/downscale delays); the ``Ingress`` carries
 ``max_queued_requests`` (requests queued at each proxy beyond its replicas' ``max_ongoing_requests``) and a
 ``backpressure_config``: a request beyond that queue gets a 503 with ``Retry-After`` from the proxy at once.
@@ -96,6 +96,8 @@ class Scaling(BaseModel):
     Attributes:
         max_encoder_replicas / max_shard_replicas: autoscaling upper bounds (the lower bounds are
             ``AppArgs.encoder_replicas`` / ``shard_replicas``; a smaller maximum is raised to them).
+        max_ingress_replicas: colocated serving only (the Ingress encodes and searches): its autoscaling
+            upper bound (lower bound ``AppArgs.ingress_replicas``). The sharded app's Ingress is fixed.
         target_ongoing_requests: ongoing requests per replica the autoscaler aims at.
         upscale_delay_s / downscale_delay_s: how long (seconds) a decision must hold before it is applied.
         max_queued_requests: requests each proxy queues for the Ingress beyond those it is serving; more
@@ -107,6 +109,7 @@ class Scaling(BaseModel):
 
     max_encoder_replicas: int = Field(4, ge=1)
     max_shard_replicas: int = Field(4, ge=1)
+    max_ingress_replicas: int = Field(4, ge=1)
     target_ongoing_requests: float = Field(16.0, gt=0)
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
@@ -144,6 +147,8 @@ def serve_config(args: AppArgs, *, index: str, host: str = "127.0.0.1", port: in
                "user_config": {"draining": False}}
     if args.colocate:
         ingress["user_config"].update(index_dir=str(index), verify=args.verify)
+        ingress.update(num_replicas="auto",
+                       autoscaling_config=sc.autoscaling(args.ingress_replicas, sc.max_ingress_replicas))
         return _config(host, port, app_name, route_prefix, app_args, [ingress])
     encoder = {"name": "QueryEncoder", "num_replicas": "auto", "ray_actor_options": dict(actor),
                "autoscaling_config": sc.autoscaling(args.encoder_replicas, sc.max_encoder_replicas)}

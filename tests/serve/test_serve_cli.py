@@ -45,6 +45,20 @@ def test_write_config_is_a_valid_serve_deploy_file(user_tower_artifacts, tmp_pat
     assert built is not None
 
 
+def test_write_config_colocate_autoscales_the_ingress_alone(user_tower_artifacts, tmp_path):
+    art = user_tower_artifacts
+    out = tmp_path / "serve.yaml"
+    assert serve_job.main(["--index", str(art.index), "--checkpoint", str(art.checkpoint), "--colocate",
+                           "--max-ingress-replicas", "3", "--write-config", str(out)]) == 0
+    config = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(config)
+    app = config["applications"][0]
+    assert app["args"]["colocate"] is True and [d["name"] for d in app["deployments"]] == ["Ingress"]
+    ingress = app["deployments"][0]
+    assert ingress["num_replicas"] == "auto" and ingress["user_config"]["index_dir"] == str(art.index.resolve())
+    assert (ingress["autoscaling_config"]["min_replicas"], ingress["autoscaling_config"]["max_replicas"]) == (1, 3)
+
+
 def test_shipped_example_config_validates():
     config = yaml.safe_load(EXAMPLE.read_text())
     ServeDeploySchema.model_validate(config)

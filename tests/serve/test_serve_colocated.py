@@ -32,6 +32,9 @@ def colocated(serve_http, user_tower_artifacts):
                           app_name="tt-colocated", route_prefix="/colocated")
     ServeDeploySchema.model_validate(config)
     assert [d["name"] for d in config["applications"][0]["deployments"]] == ["Ingress"]
+    ingress = config["applications"][0]["deployments"][0]      # it does all the work: it is what autoscales
+    assert ingress["num_replicas"] == "auto" and ingress["autoscaling_config"]["min_replicas"] == 1
+    assert ingress["autoscaling_config"]["max_replicas"] == 4 and ingress["max_queued_requests"] == 256
     dashboard = ray.init(ignore_reinit_error=True).dashboard_url
     deploy_config(config, dashboard)
     wait_ready(f"{base}/colocated", timeout_s=300)
