@@ -7,7 +7,8 @@ batches as a Ray Train worker (``_common.plain_train``; sequence windows cut in-
 ``cut_chunks(window_length=...)``, per-event rows by ``load_split_tensors``), valid Recall@10 /
 NDCG@10 / Recall@50 / sampled HR@10 over the full catalogue after every epoch, early stopping on
 valid Recall@10 (``patience``), then the test metrics of the last model. Prints positions (or
-examples) per training second.
+examples) per training second (rows trained x the mean positions per row, so also right for the
+capped epochs of ``max_steps_per_epoch``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def main(argv: list[str]) -> int:
         m = evaluate(model, dataset, schema, "valid")
         if m["recall@10"] > best[0]:
             best[:] = [m["recall@10"], epoch]
-        print(f"epoch {epoch}: wall {time.time() - t0:.0f} s, {per_epoch * epoch / run.seconds:,.0f} positions/s, "
+        rate = run.examples * per_epoch / len(data["user_idx"]) / run.seconds       # rows trained x positions per row
+        print(f"epoch {epoch}: wall {time.time() - t0:.0f} s, {rate:,.0f} positions/s, "
               f"valid Recall@10 {m['recall@10']:.4f} NDCG@10 {m['ndcg@10']:.4f} Recall@50 {m['recall@50']:.4f} "
               f"sampled HR@10 {m['sampled_hr@10']:.4f}", flush=True)
         return epoch - best[1] >= cfg.patience

@@ -55,16 +55,9 @@ def resolve_dataset(info: CheckpointInfo, dataset: str | Path | None = None) -> 
 def load_user_state(info: CheckpointInfo, root: str) -> UserState:
     """The :class:`UserState` of prepared dataset ``root`` for the checkpoint's model: histories of the
     model's length (``twotower.model.sequence.history_length``: ``max_sequence_length`` for the
-    transformer encoder, else the dataset's).
-
-    Raises:
-        ValueError: a model with ``time_gap_buckets`` (serving keeps no history timestamps yet).
-    """
-    if uses_history_time(info.model_config):
-        raise ValueError(f"{info.path}: the model embeds time gaps (time_gap_buckets "
-                         f"{info.model_config.time_gap_buckets}), which serving does not support yet: the user "
-                         "state keeps no timestamps; serve a model trained with time_gap_buckets: 0")
-    return UserState.load(root, info.schema, history_length(info.schema, info.model_config))
+    transformer encoder, else the dataset's), with their timestamps for a model with time-gap buckets."""
+    return UserState.load(root, info.schema, history_length(info.schema, info.model_config),
+                          with_time=uses_history_time(info.model_config))
 
 
 def load_serving_state(info: CheckpointInfo, dataset: str | Path | None = None) -> ServingState:

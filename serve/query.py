@@ -36,6 +36,8 @@ class QueryInput:
         :meth:`twotower.serve.user_state.UserState.encode_user_features`).
     extended: True when ``history`` is not the user's stored one (the request's ``recent_items`` were
         added): the cached context-free representation is stale, so the user tower runs for this row.
+    history_time: int64 (N,) unix seconds of ``history`` (0 at padding), for models with time-gap
+        buckets; None otherwise.
     """
 
     user_idx: int
@@ -43,6 +45,7 @@ class QueryInput:
     context: Mapping[str, object]
     user_features: Mapping[str, object] | None = field(default=None)
     extended: bool = False
+    history_time: np.ndarray | None = None
 
 
 class QueryEncoder:
@@ -77,6 +80,11 @@ class QueryEncoder:
         user_idx = torch.as_tensor([int(q.user_idx) for q in inputs], dtype=torch.int64)
         hist = pad_lists([q.history for q in inputs], self.model.history_length)
         batch = {"user_idx": user_idx, "item_idx": torch.zeros_like(user_idx), "history": torch.from_numpy(hist)}
+        if self.model.uses_history_time:
+            if any(q.history_time is None for q in inputs):
+                raise ValueError("the model embeds time gaps: every QueryInput needs history_time")
+            batch["history_timestamp"] = torch.from_numpy(pad_lists([q.history_time for q in inputs],
+                                                                    self.model.history_length))
         batch.update({k: torch.from_numpy(v) for k, v in context_batch([q.context for q in inputs], self.schema).items()})
         cold = [r for r, q in enumerate(inputs) if q.user_features is not None]
         for f in self.schema.user_features:
@@ -100,7 +108,8 @@ class QueryEncoder:
             rows = (~known).nonzero().squeeze(1)
             sub = {k: v[rows] for k, v in batch.items()}
             overrides = {f.name: sub[f.name] for f in self.schema.user_features if f.name in sub}
-            reps[rows] = self.model.user_tower(sub["user_idx"], sub["history"], None, overrides)
+            reps[rows] = self.model.user_tower(sub["user_idx"], sub["history"], None, overrides,
+                                               sub.get("history_timestamp"))
         return reps
 
     @torch.no_grad()

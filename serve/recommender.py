@@ -12,6 +12,7 @@ notebooks, batch scripts, the benchmark and the equivalence tests use.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,19 +76,37 @@ def plan_recommend(req: RecommendRequest, state: ServingState, now: float | None
     if req.exclude_seen:
         extra = np.union1d(extra, recent)
     user_idx = state.users.lookup(req.user_id)
+    times = _history_times(state, user_idx, recent, req.context, now)
     if user_idx > 0:
         seen = state.users.seen(user_idx) if req.exclude_seen else np.zeros(0, np.int64)
         history = extend_history(state.users.history(user_idx), recent)
-        query = QueryInput(user_idx, history, context, extended=len(recent) > 0)
+        query = QueryInput(user_idx, history, context, extended=len(recent) > 0, history_time=times)
         return Plan(req.user_id, req.k, "model", None, context, np.union1d(seen, extra), query, unknown)
     feats = state.users.encode_user_features(req.user_features)
     kinds = {f.name: f for f in state.schema.user_features}
     if len(recent) or any(informative(kinds[name], v) for name, v in feats.items()):
         history = extend_history(np.zeros(state.users.history_length, np.int64), recent)
-        query = QueryInput(0, history, context, feats, extended=len(recent) > 0)
+        query = QueryInput(0, history, context, feats, extended=len(recent) > 0, history_time=times)
         strategy = "recent_items" if len(recent) else "user_features"
         return Plan(req.user_id, req.k, "cold_start", strategy, context, np.unique(extra), query, unknown)
     return Plan(req.user_id, req.k, "cold_start", "popularity", context, np.unique(extra), None, unknown)
+
+
+def _history_times(state: ServingState, user_idx: int, recent: np.ndarray, context, now: float | None
+                   ) -> np.ndarray | None:
+    """int64 (N,) timestamps of the (extended) history for a state that keeps them (time-gap models), else
+    None. The request's ``recent_items`` happened at its ``context.timestamp`` (else ``now``, else the
+    current time): they are what the user just did."""
+    if state.users.times is None:
+        return None
+    stored = state.users.history_times([user_idx])[0]
+    if not len(recent):
+        return stored
+    ts = (context or {}).get("timestamp")
+    ts = int(ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else (now or time.time()))
+    hist = state.users.history(user_idx)
+    out = np.concatenate([np.full(len(recent), ts, np.int64), stored[hist > 0]])[:len(stored)]
+    return np.pad(out, (0, len(stored) - len(out)))
 
 
 def extend_history(history: np.ndarray, recent: np.ndarray) -> np.ndarray:

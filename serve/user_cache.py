@@ -43,11 +43,14 @@ class UserCacheError(ValueError):
 
 
 def user_state_fingerprint(state: UserState) -> str:
-    """sha256 (hex, first 16) of the state's offsets and items: equal for equal histories."""
+    """sha256 (hex, first 16) of the state's offsets and items (and timestamps, when it keeps them): equal
+    for equal histories."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(state.offsets).tobytes())
     h.update(np.ascontiguousarray(state.items).tobytes())
     h.update(str(state.history_length).encode())
+    if state.times is not None:
+        h.update(np.ascontiguousarray(state.times).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -64,7 +67,9 @@ def build_user_cache(model: TwoTowerModel, state: UserState, batch_size: int = 4
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))
         hist = state.histories(idx)
-        out[idx] = model.user_embeddings(torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(hist)).numpy()
+        times = torch.from_numpy(state.history_times(idx)) if model.uses_history_time else None
+        out[idx] = model.user_embeddings(torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(hist),
+                                         times).numpy()
     return out
 
 

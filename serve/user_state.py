@@ -87,12 +87,14 @@ def user_feature_json_schema(feature: Feature, vocab: dict[str, int] | None) -> 
     return values.schema_by_kind(feature, _index_schema(feature, vocab))
 
 
-def _items_most_recent_first(root: str, num_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets int64 (num_users + 1,), items int32 (interactions,)) of every user's own sequence
-    entries (each interaction once: a window's ``prefix`` entries are skipped), most recent first."""
+def _items_most_recent_first(root: str, num_users: int, with_time: bool = False
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(offsets int64 (num_users + 1,), items int32 (interactions,), timestamps int64 (interactions,) or
+    None without ``with_time``) of every user's own sequence entries (each interaction once: a window's
+    ``prefix`` entries are skipped), most recent first."""
     fs, _ = storage.resolve(root)
     t = pq.read_table([storage.resolve(f)[1] for f in sequence_files(root)], filesystem=fs,
-                      columns=["user_idx", "start", "prefix", "item_idx"])
+                      columns=["user_idx", "start", "prefix", "item_idx"] + (["timestamp"] if with_time else []))
     lists = t["item_idx"].combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
@@ -103,7 +105,10 @@ def _items_most_recent_first(root: str, num_users: int) -> tuple[np.ndarray, np.
     items = pc.list_flatten(lists).to_numpy().astype(np.int32)[own]
     order = np.lexsort((-seq_pos, user))                                             # user asc, most recent first
     counts = np.bincount(user, minlength=num_users)[:num_users]
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items[order]
+    times = None
+    if with_time:
+        times = pc.list_flatten(t["timestamp"].combine_chunks()).to_numpy().astype(np.int64)[own][order]
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items[order], times
 
 
 class UserState:
@@ -114,13 +119,16 @@ class UserState:
         offsets: int64 (num_users + 1,); ``items[offsets[u]:offsets[u+1]]`` are user u's items, most
             recent first (duplicates kept).
         items: int32 (num_interactions,).
+        times: int64 (num_interactions,) unix seconds of ``items`` (kept for models with time-gap
+            buckets, ``with_time``), else None.
         history_length: N, the items :meth:`history` returns (the model's; default the schema's).
     """
 
     def __init__(self, schema: DatasetSchema, user_vocab: Mapping[str, int], offsets: np.ndarray,
                  items: np.ndarray, feature_vocabs: Mapping[str, dict[str, int] | None] | None = None,
-                 history_length: int | None = None):
+                 history_length: int | None = None, times: np.ndarray | None = None):
         self.schema, self.num_users = schema, schema.num_users
+        self.times = None if times is None else np.asarray(times, np.int64)
         self.history_length = history_length or schema.history_length
         self.user_vocab = dict(user_vocab)
         self.offsets, self.items = np.asarray(offsets, np.int64), np.asarray(items, np.int32)
@@ -128,9 +136,10 @@ class UserState:
 
     @classmethod
     def load(cls, dataset_dir: str | Path, schema: DatasetSchema | None = None,
-             history_length: int | None = None) -> "UserState":
+             history_length: int | None = None, with_time: bool = False) -> "UserState":
         """Read ``vocab/users.parquet``, the user feature vocabularies and ``sequences/``; ``history_length``:
-        N of :meth:`history` (the model's; default the schema's).
+        N of :meth:`history` (the model's; default the schema's); ``with_time``: keep the interactions'
+        timestamps too (:meth:`history_times`; 8 bytes more per interaction).
 
         Raises:
             FileNotFoundError: the dataset has no ``vocab/users.parquet`` or no sequence file.
@@ -140,9 +149,9 @@ class UserState:
         vocab = read_vocab(root, "users")
         if vocab is None:
             raise FileNotFoundError(f"{storage.join(root, 'vocab', 'users.parquet')}: missing (not a prepared dataset?)")
-        offsets, items = _items_most_recent_first(root, schema.num_users)
+        offsets, items, times = _items_most_recent_first(root, schema.num_users, with_time)
         fvocabs = {f.name: read_vocab(root, f.name) for f in schema.user_features if f.kind == "categorical"}
-        return cls(schema, vocab, offsets, items, fvocabs, history_length)
+        return cls(schema, vocab, offsets, items, fvocabs, history_length, times)
 
     def lookup(self, user_id: str) -> int:
         """Index of raw ``user_id``; 0 (unknown) when it is not in the vocabulary."""
@@ -154,12 +163,26 @@ class UserState:
 
     def histories(self, user_idx) -> np.ndarray:
         """int64 (B, N): :meth:`history` of each of B user indices (rows of zeros for 0 and unknown ones)."""
-        n = self.history_length
+        return pad_lists([self.items[a:b] for a, b in self._spans(user_idx)], self.history_length)
+
+    def history_times(self, user_idx) -> np.ndarray:
+        """int64 (B, N) unix seconds of :meth:`histories` (0 at padding).
+
+        Raises:
+            ValueError: the state was loaded without ``with_time``.
+        """
+        if self.times is None:
+            raise ValueError("this user state keeps no timestamps (UserState.load(..., with_time=True))")
+        return pad_lists([self.times[a:b] for a, b in self._spans(user_idx)], self.history_length)
+
+    def _spans(self, user_idx) -> list[tuple[int, int]]:
+        """(start, end) in ``items`` of the newest ``history_length`` entries of each user index (empty
+        for 0 and unknown ones)."""
         idx = np.asarray(user_idx, np.int64).reshape(-1)
         known = (idx > 0) & (idx < self.num_users)
         lo = self.offsets[np.where(known, idx, 0)]
-        hi = np.where(known, np.minimum(self.offsets[np.where(known, idx + 1, 1)], lo + n), lo)
-        return pad_lists([self.items[a:b] for a, b in zip(lo.tolist(), hi.tolist())], n)
+        hi = np.where(known, np.minimum(self.offsets[np.where(known, idx + 1, 1)], lo + self.history_length), lo)
+        return list(zip(lo.tolist(), hi.tolist()))
 
     def seen(self, user_idx: int) -> np.ndarray:
         """int64 (m,): distinct items of the user over all splits, ascending (empty for user 0)."""
