@@ -158,8 +158,11 @@ class MemorySampler:
         self._stop, self._thread = threading.Event(), None
         vm = psutil.virtual_memory()
         self.baseline = vm.total - vm.available
+        self._born_here: set[int] = set()
         self.system_peak_bytes = 0
         self._ticks, self._procs = 0, {}
+        self.cpu_first: dict[int, float] = {}      # user + system CPU seconds at first sight / latest sample
+        self.cpu_last: dict[int, float] = {}
 
     def __enter__(self) -> "MemorySampler":
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -187,6 +190,9 @@ class MemorySampler:
             try:
                 mem = proc.memory_info()
                 rss = mem.rss
+                cpu = proc.cpu_times()
+                self.cpu_first.setdefault(pid, 0.0 if pid in self._born_here else cpu.user + cpu.system)
+                self.cpu_last[pid] = cpu.user + cpu.system
                 self.private[pid] = max(self.private.get(pid, 0), mem.rss - mem.shared)
                 title = self._title_of(pid, proc)
             except psutil.Error:
@@ -203,6 +209,8 @@ class MemorySampler:
             mine = set()
         for p in psutil.process_iter(["pid"]):
             if p.info["pid"] == me or p.info["pid"] in mine:
+                if p.info["pid"] not in self._procs and p.info["pid"] != me and self._ticks > 0:
+                    self._born_here.add(p.info["pid"])      # started during sampling: all its CPU counts
                 self._procs.setdefault(p.info["pid"], p)
 
     def _title_of(self, pid: int, proc: psutil.Process) -> str:
@@ -216,6 +224,15 @@ class MemorySampler:
         for pid, (title, _) in self.peak.items():
             roles.setdefault(title, []).append(self.private.get(pid, 0))
         return sorted(((t, len(v), max(v)) for t, v in roles.items()), key=lambda r: -r[2])
+
+    def cpu_by_role(self) -> list[tuple[str, int, float]]:
+        """(role, number of processes, CPU seconds (user + system) they used while sampled), largest first.
+        A process started while sampling counts from its start; one sampled every 0.5 s misses at most
+        its last half second."""
+        roles: dict[str, list[float]] = {}
+        for pid, (title, _) in self.peak.items():
+            roles.setdefault(title, []).append(self.cpu_last.get(pid, 0.0) - self.cpu_first.get(pid, 0.0))
+        return sorted(((t, len(v), sum(v)) for t, v in roles.items()), key=lambda r: -r[2])
 
     def by_role(self) -> list[tuple[str, int, int]]:
         """(role, number of processes, max peak RSS bytes over them), largest first."""

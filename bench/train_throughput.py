@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                 res = run_plain(ds, cfg, args)
             else:
                 res = run_ray(ds, cfg, int(name.split("-")[1]), args)
-        res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role())
+        res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role(), cpu=mem.cpu_by_role())
         rows.append(res)
         print(f"{name}: {res['examples_per_s']:,.0f} examples/s, {res['steps']} steps, wall {res['wall_s']:.1f} s, "
               f"system peak +{fmt_bytes(res['system_peak'])}", flush=True)
@@ -128,6 +128,11 @@ def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
     if "ray-1" in base and "ray-2" in base:
         lines += ["", f"Scaling ray-2 / ray-1: **{base['ray-2'] / base['ray-1']:.2f}x**; framework overhead "
                       f"ray-1 / plain: **{base['ray-1'] / base.get('plain', float('nan')):.2f}x**."]
+    lines += ["", "CPU seconds per process role during each configuration (user + system, sampled every 0.5 s; "
+              "the largest 8):", "", "| configuration | process | count | CPU s |", "|---|---|---|---|"]
+    for r in rows:
+        for title, count, cpu in r.get("cpu", [])[:8]:
+            lines.append(f"| {r['config']} | `{title}` | {count} | {cpu:.1f} |")
     lines += ["", "Peak resident memory per process (largest per role):", "",
               "| configuration | process | count | peak RSS |", "|---|---|---|---|"]
     for r in rows:
