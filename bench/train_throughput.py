@@ -9,7 +9,8 @@ pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the
 * ``plain``: a single-process PyTorch loop over in-memory tensors (``_common.plain_train``): the
   ceiling, without Ray Data, DDP or Ray Train; torch uses every core;
 * ``ray-1``: ``TwoTowerTrainer`` with 1 worker holding every core (``cpus_per_worker`` = cores);
-* ``ray-2``: ``TwoTowerTrainer`` with 2 workers (DDP, gloo) of ``cores / 2`` CPUs each.
+* ``ray-2``: ``TwoTowerTrainer`` with 2 workers (DDP, gloo) of ``cores / 2`` CPUs each;
+* ``ingest`` (not in the default ``--configs``): the Ray Data training pipeline drained without a model.
 
 Examples/s counts training examples over training seconds (for Ray: the ``examples_per_s`` the loop
 reports for the epoch, which includes waiting for Ray Data batches but not validation nor the ~30 s of
@@ -88,6 +89,31 @@ def run_ray(ds: Path, cfg: TrainConfig, workers: int, args) -> dict:
             "wall_s": time.perf_counter() - t0, "threads": f"{workers} x {max(cores // workers, 1)}"}
 
 
+def run_ingest(ds: Path, cfg: TrainConfig, args) -> dict:
+    """Ray Data alone: the training pipeline (``build_datasets``' train split, ``streaming_split(1)``,
+    ``iter_train_batches``) drained in this process without a model: how fast Ray Data can feed one
+    worker on this machine (a rate far above the plain loop's means Ray's cost is CPU taken from the
+    step, not waiting for data)."""
+    import ray
+    from twotower.distributed.data import build_datasets, iter_train_batches
+    from twotower.distributed.local_ray import start_ray
+    from twotower.model.schema import DatasetSchema
+    owned = start_ray(min_cpus=(os.cpu_count() or 1) + 2)
+    try:
+        train = build_datasets(ds, DatasetSchema.load(ds), seed=cfg.seed, model=cfg.model)["train"]
+        shard = train.streaming_split(1, equal=True)[0]
+        t0, steps, examples = time.perf_counter(), 0, 0
+        for batch in iter_train_batches(shard, cfg.batch_size, seed=cfg.seed, epoch=1, rank=0):
+            steps, examples = steps + 1, examples + len(batch["user_idx"])
+            if args.max_steps and steps >= args.max_steps:
+                break
+        wall = time.perf_counter() - t0
+    finally:
+        if owned is not None:
+            ray.shutdown()
+    return {"examples_per_s": examples / wall, "steps": steps, "wall_s": wall, "threads": "-"}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     ds = dataset_dir(args)
@@ -98,6 +124,8 @@ def main(argv=None) -> int:
         with MemorySampler() as mem:
             if name == "plain":
                 res = run_plain(ds, cfg, args)
+            elif name == "ingest":
+                res = run_ingest(ds, cfg, args)
             else:
                 res = run_ray(ds, cfg, int(name.split("-")[1]), args)
         res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role(), cpu=mem.cpu_by_role())
