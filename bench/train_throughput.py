@@ -10,6 +10,9 @@ pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the
   ceiling, without Ray Data, DDP or Ray Train; torch uses every core;
 * ``ray-1``: ``TwoTowerTrainer`` with 1 worker holding every core (``cpus_per_worker`` = cores);
 * ``ray-2``: ``TwoTowerTrainer`` with 2 workers (DDP, gloo) of ``cores / 2`` CPUs each;
+* ``plain@T``: the plain loop on T torch threads;
+* ``ray-W@T``: as ``ray-W`` with ``torch_threads: T`` (``ray-1@1`` is what a lone worker computed on
+  before ``torch_threads``: Ray starts it with ``OMP_NUM_THREADS`` = its whole CPUs);
 * ``ingest`` (not in the default ``--configs``): the Ray Data training pipeline drained without a model.
 
 Examples/s counts training examples over training seconds (for Ray: the ``examples_per_s`` the loop
@@ -62,7 +65,8 @@ def dataset_dir(args) -> Path:
     return path
 
 
-def run_plain(ds: Path, cfg: TrainConfig, args) -> dict:
+def run_plain(ds: Path, cfg: TrainConfig, args, threads: int | None = None) -> dict:
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     model, schema = build_model(ds, cfg)
     data = load_split_tensors(ds, "train", schema)
     if args.device == "cuda":
@@ -75,10 +79,11 @@ def run_plain(ds: Path, cfg: TrainConfig, args) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def run_ray(ds: Path, cfg: TrainConfig, workers: int, args) -> dict:
+def run_ray(ds: Path, cfg: TrainConfig, workers: int, args, threads: int | None = None) -> dict:
     from twotower.distributed.trainer import TwoTowerTrainer
     cores = os.cpu_count() or 1
     cfg = cfg.model_copy(update={"num_workers": workers, "cpus_per_worker": max(cores // workers, 1),
+                                 "torch_threads": threads,
                                  "use_gpu": args.device == "cuda",
                                  "run_name": f"ray-{workers}-{time.strftime('%H%M%S')}",
                                  "storage_path": str(Path(args.work) / "runs")})
@@ -86,7 +91,7 @@ def run_ray(ds: Path, cfg: TrainConfig, workers: int, args) -> dict:
     result = TwoTowerTrainer(cfg).fit(ds)
     epoch = result.history[0]
     return {"examples_per_s": epoch["examples_per_s"], "steps": epoch["steps"] * workers,
-            "wall_s": time.perf_counter() - t0, "threads": f"{workers} x {max(cores // workers, 1)}"}
+            "wall_s": time.perf_counter() - t0, "threads": " x ".join(str(t) for t in result.torch_threads)}
 
 
 def run_ingest(ds: Path, cfg: TrainConfig, args) -> dict:
@@ -122,12 +127,13 @@ def main(argv=None) -> int:
     rows = []
     for name in args.configs.split(","):
         with MemorySampler() as mem:
-            if name == "plain":
-                res = run_plain(ds, cfg, args)
+            if name.startswith("plain"):                      # plain or plain@T (T torch threads)
+                res = run_plain(ds, cfg, args, int(name.partition("@")[2] or 0) or None)
             elif name == "ingest":
                 res = run_ingest(ds, cfg, args)
-            else:
-                res = run_ray(ds, cfg, int(name.split("-")[1]), args)
+            else:                                              # ray-W or ray-W@T (torch_threads T)
+                workers, _, threads = name.split("-")[1].partition("@")
+                res = run_ray(ds, cfg, int(workers), args, int(threads) if threads else None)
         res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role(), cpu=mem.cpu_by_role())
         rows.append(res)
         print(f"{name}: {res['examples_per_s']:,.0f} examples/s, {res['steps']} steps, wall {res['wall_s']:.1f} s, "
@@ -147,10 +153,11 @@ def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
     lines = [f"## Training throughput ({args.device})", "", f"Command: `{cmd}`", "", f"Machine: {machine}.",
              f"Dataset: `{ds.name}`; default model, batch {args.batch_size} per worker; "
              f"{'one epoch' if not args.max_steps else f'{args.max_steps} steps'} per configuration.", "",
-             "| configuration | torch threads | examples/s | vs plain | fit wall s | system peak memory |",
+             "| configuration | torch threads | examples/s | vs plain (same threads) | fit wall s | system peak memory |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = r["examples_per_s"] / base["plain"] if "plain" in base else float("nan")
+        ref = base.get("plain@" + r["config"].partition("@")[2]) if "@" in r["config"] else None
+        ratio = r["examples_per_s"] / (ref or base.get("plain", float("nan")))
         lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {ratio:.2f}x | "
                      f"{r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
     if "ray-1" in base and "ray-2" in base:
