@@ -156,9 +156,10 @@ def render(results: list[dict], args, machine: str, cfg: TrainConfig) -> str:
     for r in results:
         best = max(r["curve"], key=lambda c: c["recall"])
         fmt = lambda v: "not reached" if v is None else f"{v:.1f}"  # noqa: E731
+        rate = f"{r['examples_per_s']:,.0f}" if "examples_per_s" in r else "-"
         lines.append(f"| {r['name']} | {r['config']} | {fmt(first_reaching(r['curve'], 'recall', target_r))} | "
                      f"{fmt(first_reaching(r['curve'], 'hr', target_h))} | {best['recall']:.4f} ({best['wall_s']:.0f}) | "
-                     f"{best['hr']:.4f} | {r.get('examples_per_s', 0):,.0f} |")
+                     f"{best['hr']:.4f} | {rate} |")
     if als:
         lines += ["", f"ALS process (interpreter start, `import implicit`, fit, saving factors): "
                       f"{als['process_s']:.1f} s, of which the import {als['import_s']:.1f} s."]
