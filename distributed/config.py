@@ -97,10 +97,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _sequence_examples_need_the_encoder(self) -> "TrainConfig":
         m = self.model
-        if self.examples == "sequence" and (m.history_pooling != "transformer" or m.loss != "softmax"
+        if self.examples == "sequence" and (m.history_pooling != "transformer" or m.loss == "bce"
                                             or m.context_mode.value == "scoring_layer"):
-            raise ValueError(f"examples: sequence trains history_pooling: transformer with loss: softmax in "
-                             f"user_tower or trilinear mode; got history_pooling {m.history_pooling}, loss {m.loss}, "
+            raise ValueError(f"examples: sequence trains history_pooling: transformer with loss: softmax or "
+                             f"full_softmax in user_tower or trilinear mode; got history_pooling {m.history_pooling}, loss {m.loss}, "
                              f"context_mode {m.context_mode.value}")
         return self
 

@@ -30,7 +30,8 @@ class ModelConfig(BaseModel):
     Loss terms (see ``twotower.model.loss``): in-batch sampled softmax with ``temperature``, logQ
     correction (Yi et al., RecSys 2019) when ``logq_correction``, masking of accidental hits, and
     ``num_negatives`` extra uniformly sampled catalogue items per batch (mixed negative sampling,
-    Yang et al., WWW 2020). ``loss="bce"`` is the pointwise baseline with ``num_negatives`` uniform
+    Yang et al., WWW 2020). ``loss="full_softmax"`` scores every query against the whole catalogue
+(exact softmax; the sampling keys do not apply). ``loss="bce"`` is the pointwise baseline with ``num_negatives`` uniform
     negatives per positive.
 
     ID tables (``twotower.model.embeddings``): ``sparse_id_embeddings`` makes the user and item ID
@@ -80,7 +81,9 @@ class ModelConfig(BaseModel):
     item_id_buckets: int | None = Field(
         None, ge=2, description="hash item ids into this many rows (double hashing); None = one row per item")
 
-    loss: Literal["softmax", "bce"] = "softmax"
+    loss: Literal["softmax", "full_softmax", "bce"] = Field(
+        "softmax", description="softmax: in-batch sampled softmax; full_softmax: exact softmax over every item "
+                               "of the catalogue each step (small catalogues); bce: pointwise baseline")
     temperature: float = Field(0.05, gt=0.0)
     logq_correction: bool = True
     mask_accidental_hits: bool = True

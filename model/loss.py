@@ -20,6 +20,16 @@ Without extra negatives the B factor is a constant and cancels in the softmax. `
 drops the term. ``scoring_layer`` mode adds the same softmax over the head's scores of the positive and
 63 sampled batch candidates (``TowerOutput.head_logits``), accidental hits masked likewise.
 
+Full softmax (``loss="full_softmax"``; the cross-entropy over the whole catalogue that Klenitskiy &
+Vasilev, RecSys 2023, sec. 3, show lifts SASRec on ML-1M): every known item is a candidate of every query
+(per-event rows or sequence positions alike), each exactly once, so the softmax is exact and needs no logQ
+correction, no accidental-hit mask and no extra negatives. With N known items (indices 1..N):
+
+    logit[i, j] = <q_i, v_j> / temperature        j = 1..N
+    l_i         = -log softmax_j(logit[i, :])[y_i]
+
+reduced by the weighted mean below. A step costs B x N logits: for catalogues up to ~1e5 items.
+
 Baseline ``loss="bce"``: pointwise binary cross-entropy on <q_i, v_i>/temperature (label 1) and on
 ``num_negatives`` uniformly sampled items per positive (label 0; a sample equal to the positive is
 ignored), averaged per query over its valid terms:
@@ -151,6 +161,20 @@ def sequence_softmax_loss(query: torch.Tensor, positive: torch.Tensor, positive_
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
 
 
+def full_softmax_loss(query: torch.Tensor, catalogue: torch.Tensor, target_idx: torch.Tensor, temperature: float,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact softmax cross-entropy over the whole catalogue (module docstring, ``loss="full_softmax"``).
+
+    Args:
+        query: (B, D) float32 (per-event rows or sequence positions). catalogue: (N, D) float32, row j-1 the
+            representation of item index j (items 1..N). target_idx: (B,) int64 item index of each positive,
+            in 1..N. temperature: logits are divided by it. weight: (B,) float32 or None.
+    Returns: scalar :func:`weighted_mean` of the per-query losses.
+    """
+    logits = query @ catalogue.T / temperature                                        # (B, N)
+    return weighted_mean(F.cross_entropy(logits, target_idx - 1, reduction="none"), weight)
+
+
 def head_softmax_loss(head_logits: torch.Tensor, head_candidates: torch.Tensor,
                       mask_accidental_hits: bool, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``scoring_layer``: softmax over head scores (B, C) with the positive in column 0; candidates (B, C)
@@ -189,6 +213,8 @@ def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], gather: Calla
         generator: RNG for sampled negatives (CPU generator).
     """
     core = getattr(model, "module", model)
+    if core.cfg.loss == "full_softmax":
+        return _full_loss(model, core, batch)
     if "targets" in batch:
         return _sequence_loss(model, core, batch, gather, rank, generator)
     cfg, num_items = core.cfg, core.schema.num_items
@@ -251,6 +277,20 @@ def _sequence_loss(model, core, batch: dict[str, torch.Tensor], gather: Callable
     loss = sequence_softmax_loss(out.query, out.items, pos_idx, owner, cand, cand_idx, cand_owner, cfg.temperature,
                                  pos_log_q, cand_log_q, cfg.mask_accidental_hits, weight)
     return _add_head_loss(loss, out, cfg, {"retrieval_loss": loss.item()}, weight)
+
+
+def _full_loss(model, core, batch: dict[str, torch.Tensor]) -> LossOutput:
+    """:func:`full_softmax_loss` of a per-event or sequence batch: the catalogue is the item tower of every
+    known item (indices 1..N), computed once per step."""
+    catalogue_idx = torch.arange(1, core.schema.num_items, device=batch["user_idx"].device)
+    out = model(batch, extra_item_idx=catalogue_idx)
+    if "targets" in batch:
+        mask = batch["mask"]
+        target, weight = batch["targets"][mask], (batch["weight"][mask] if "weight" in batch else None)
+    else:
+        target, weight = batch["item_idx"], batch.get("weight")
+    loss = full_softmax_loss(out.query, out.extra_items, target, core.cfg.temperature, weight)
+    return _add_head_loss(loss, out, core.cfg, {"retrieval_loss": loss.item()}, weight)
 
 
 def _add_head_loss(loss: torch.Tensor, out, cfg, logs: dict[str, float], weight: torch.Tensor | None) -> LossOutput:
