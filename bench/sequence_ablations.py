@@ -24,10 +24,11 @@ from _common import machine_line, write_docs_section  # noqa: E402
 from twotower.distributed.config import TrainConfig  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "ml-1m-sequence.yaml"
-VARIANTS: dict[str, list[str]] = {
+VARIANTS: dict[str, list[str]] = {                  # the shipped config trains loss: full_softmax
     "shipped config": [],
-    "no logQ correction": ["logq_correction=false"],
-    "no extra uniform negatives": ["num_negatives=0"],
+    "sampled softmax (in-batch + uniform, logQ)": ["loss=softmax"],
+    "sampled softmax, no logQ correction": ["loss=softmax", "logq_correction=false"],
+    "sampled softmax, no extra uniform negatives": ["loss=softmax", "num_negatives=0"],
     "max length 50": ["max_sequence_length=50"],
     "1 block": ["sequence_layers=1"],
     "trilinear context": ["context_mode=trilinear"],

@@ -31,6 +31,10 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(1024, ge=2, description="per-worker batch size (examples: sequence: windows)")
     epochs: int = Field(20, ge=1)
     lr: float = Field(3e-3, gt=0.0)
+    lr_decay_epochs: list[int] = Field(
+        default_factory=list, description="step schedule: after each of these epochs the learning rate is "
+                                          "multiplied by lr_decay_factor (see lr_at)")
+    lr_decay_factor: float = Field(0.1, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0, description="not applied to sparse ID tables")
     optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
     sparse_optimizer: Literal["auto", "rowwise_adagrad"] = Field(
@@ -93,6 +97,12 @@ class TrainConfig(BaseModel):
         switched = self.model_copy(update={"model": self.model.model_copy(update={"sparse_id_embeddings": False})})
         return switched, (f"use_gpu with {self.num_workers} workers: NCCL cannot all-reduce sparse gradients, so "
                           "sparse_id_embeddings is switched off (dense user/item ID tables and optimizer)")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of ``epoch`` (1-based): ``lr * lr_decay_factor ** m``, m = the entries of
+        ``lr_decay_epochs`` below ``epoch`` (``[60]``: epochs 1-60 at ``lr``, 61 on at ``lr * factor``;
+        torch's ``MultiStepLR`` with milestones counted in epochs). A resumed run gets the same value."""
+        return self.lr * self.lr_decay_factor ** sum(1 for e in self.lr_decay_epochs if e < epoch)
 
     @model_validator(mode="after")
     def _sequence_examples_need_the_encoder(self) -> "TrainConfig":

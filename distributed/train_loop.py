@@ -66,6 +66,8 @@ def train_loop_per_worker(config: dict) -> dict:
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        for group in optimizer.param_groups:                   # the step schedule (TrainConfig.lr_at)
+            group["lr"] = cfg.lr_at(epoch)
         model.train()
         steps, loss_sum, examples = 0, 0.0, 0
         for batch in iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=w.rank,

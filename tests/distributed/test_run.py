@@ -38,6 +38,13 @@ def test_config_is_validated_once_with_flags_last(tmp_path):
         TrainConfig.from_yaml(None, [], {"epochs": 0})
 
 
+def test_the_step_schedule_multiplies_lr_after_each_listed_epoch():
+    cfg = TrainConfig(lr=0.002, lr_decay_epochs=[60, 65], lr_decay_factor=0.25)
+    assert [cfg.lr_at(e) for e in (1, 60, 61, 65, 66, 70)] == pytest.approx(
+        [0.002, 0.002, 0.0005, 0.0005, 0.000125, 0.000125])
+    assert TrainConfig(lr=0.01).lr_at(100) == 0.01
+
+
 def test_early_stopping_counts_only_gains_above_min_delta():
     from twotower.distributed.config import TrainConfig
     from twotower.distributed.train_state import TrainState

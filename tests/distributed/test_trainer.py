@@ -88,8 +88,10 @@ def test_resume_continues_at_the_next_epoch(fitted, synthetic_dataset, tmp_path,
     b = first.metrics["epoch"]
     resume_from = f"{s3_store}/resume/best_checkpoint"          # read by every worker from the object store
     storage.upload_dir(first.best_checkpoint, resume_from)
-    # lr ~ 0: the resumed epoch leaves the weights as restored, so its metric equals the checkpoint's
-    resumed = TwoTowerTrainer(_config(tmp_path, run_name="resumed", epochs=b + 1, lr=1e-12, patience=0,
+    # lr ~ 0 in the resumed epoch (the step schedule: 0.01 up to epoch b, x 1e-10 after): it leaves the
+    # weights as restored, so its metric equals the checkpoint's
+    resumed = TwoTowerTrainer(_config(tmp_path, run_name="resumed", epochs=b + 1, lr=0.01, lr_decay_epochs=[b],
+                                      lr_decay_factor=1e-10, patience=0,
                                       max_steps_per_epoch=5, resume_from=resume_from)
                               ).fit(synthetic_dataset)
     epochs = [h["epoch"] for h in resumed.history]
