@@ -79,6 +79,8 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
     model.train()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
+        for group in optimizer.param_groups:               # the step schedule, as the Ray Train loop
+            group["lr"] = cfg.lr_at(epoch)
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n - b + 1, b):
             idx = perm[start:start + b]

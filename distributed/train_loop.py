@@ -166,8 +166,8 @@ def setup(run: ResolvedRun, w: Worker) -> tuple[torch.nn.Module, object, TrainSt
             w.say(f"not restoring the optimizer state: the checkpoint used {', '.join(changed)}")
         else:
             optimizer.load_state_dict(loaded.optimizer_state)            # moments/step counts ...
-            for group in optimizer.param_groups:                          # ... but lr/decay of this config
-                group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+            for group in optimizer.param_groups:                          # ... but the decay of this config
+                group.update(weight_decay=cfg.weight_decay)               # (lr: set every epoch, lr_at)
     torch.manual_seed(cfg.seed + 7919 * w.rank + state.epoch)          # dropout: differs per rank
     return model, optimizer, state
 

@@ -31,8 +31,8 @@ class ModelConfig(BaseModel):
     correction (Yi et al., RecSys 2019) when ``logq_correction``, masking of accidental hits, and
     ``num_negatives`` extra uniformly sampled catalogue items per batch (mixed negative sampling,
     Yang et al., WWW 2020). ``loss="full_softmax"`` scores every query against the whole catalogue
-(exact softmax; the sampling keys do not apply). ``loss="bce"`` is the pointwise baseline with ``num_negatives`` uniform
-    negatives per positive.
+    (exact softmax; the sampling keys do not apply). ``loss="bce"`` is the pointwise baseline with
+    ``num_negatives`` uniform negatives per positive.
 
     ID tables (``twotower.model.embeddings``): ``sparse_id_embeddings`` makes the user and item ID
     embeddings produce sparse gradients (optimised by ``twotower.model.optim.build_optimizer``);
