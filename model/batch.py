@@ -1,12 +1,14 @@
 """Turning columnar interaction batches (NumPy, from parquet / Ray Data) into model input tensors."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import torch
 
 from .schema import DatasetSchema, Feature
+
+if TYPE_CHECKING:                       # torch is imported where tensors are made: the Ray Data tasks that cut
+    import torch                        # examples (twotower.data.sequences) then never load it
 
 WEIGHT = "weight"          # per-example sample weight (weighted datasets), float32 (B,)
 
@@ -114,6 +116,7 @@ def to_numpy_batch(batch: Mapping[str, np.ndarray], schema: DatasetSchema) -> di
 def as_tensors(batch: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """A batch already in model dtypes (:func:`to_numpy_batch`, e.g. from the Ray Data pipeline) as
     tensors on ``device``, without converting it again (zero-copy ``torch.from_numpy`` where possible)."""
+    import torch
     out = {}
     for k, v in batch.items():
         v = np.ascontiguousarray(v)

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HASH_PRIME = 2**31 - 1
@@ -84,6 +85,18 @@ def id_embedding(num_ids: int, dim: int, buckets: int | None, sparse: bool) -> n
     if buckets is None:
         return nn.Embedding(num_ids, dim, padding_idx=0, sparse=sparse)
     return HashedEmbedding(buckets, dim, sparse=sparse)
+
+
+def sum_of_rows(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Sum of the embeddings of ``ids`` (B, N) int64 per row -> (B, dim) float32; id 0 (padding) adds nothing.
+
+    ``table``: an ``nn.Embedding`` or a :class:`HashedEmbedding` (each id adds its two bucket rows). One
+    fused gather-and-reduce (``F.embedding_bag``, mode ``sum``) instead of materialising the (B, N, dim)
+    gather: about half the forward + backward time of the gather, mask and sum for mean pooling
+    (B 1024, N 50, dim 64, sparse table, one thread). Sparse gradients when the table is sparse.
+    """
+    idx = table.buckets(ids).flatten(1) if isinstance(table, HashedEmbedding) else ids
+    return F.embedding_bag(idx, table.weight, mode="sum", padding_idx=0, sparse=table.sparse)
 
 
 def expected_collision_fraction(num_ids: int, num_buckets: int, hashes: int = 2) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .embeddings import sum_of_rows
 from .schema import Feature
 
 
@@ -87,9 +88,10 @@ class FeatureEncoder(nn.Module):
 
 
 class HistoryPooling(nn.Module):
-    """Pools the embeddings of a user's last N items (B, N, E) into (B, E).
+    """Pools the embeddings (rows of ``table``, dim E) of a user's last N items ``history`` (B, N) int64,
+    0-padded, into (B, E) float32.
 
-    ``mean``: average over non-padding positions. ``attention``: softmax_j(q . W (h_j + p_j) / sqrt(E))
+    ``mean``: average over non-padding positions (one ``F.embedding_bag``, :func:`sum_of_rows`). ``attention``: softmax_j(q . W (h_j + p_j) / sqrt(E))
     weighted sum of h_j, with a learned query q and learned position embeddings p_j (position 0 = most
     recent item, so recency can matter); attention pooling as in YouTube/DIN-style user models, without
     the target item so the user tower stays independent of the item tower. Empty histories give zeros.
@@ -104,11 +106,11 @@ class HistoryPooling(nn.Module):
             self.position = nn.Embedding(max(max_length, 1), dim)
             nn.init.normal_(self.position.weight, std=0.01)
 
-    def forward(self, emb: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    def forward(self, table: nn.Embedding, history: torch.Tensor) -> torch.Tensor:
         mask = (history > 0).unsqueeze(-1)                       # (B, N, 1)
         if self.mode == "mean":
-            total = (emb * mask).sum(dim=1)
-            return total / mask.sum(dim=1).clamp(min=1)
+            return sum_of_rows(table, history) / mask.sum(dim=1).clamp(min=1)
+        emb = table(history)                                     # (B, N, E)
         keys = self.key(emb + self.position.weight[: emb.shape[1]])
         logits = (keys @ self.query) / emb.shape[-1] ** 0.5                 # (B, N)
         logits = logits.masked_fill(~mask.squeeze(-1), float("-inf"))

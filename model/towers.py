@@ -157,7 +157,7 @@ class UserTower(nn.Module):
         """(B, E) summary of history (B, N) (most recent first, 0-padded; ``history_time`` (B, N) its
         timestamps, read only with time-gap buckets)."""
         if self.sequence is None:
-            return self.pooling(self.item_id_embedding(history), history)
+            return self.pooling(self.item_id_embedding, history)
         items, times, lengths = chronological(history, self.sequence.max_length, history_time)
         return last_position(self.sequence(self.embed_items(items), items, times), lengths)
 

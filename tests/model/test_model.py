@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from twotower.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from twotower.model.config import ContextMode, ModelConfig
@@ -112,16 +113,40 @@ def test_feature_table_shape_mismatch_is_reported(toy_schema, toy_tables):
 def test_history_pooling_ignores_padding_and_attention_can_favour_recency():
     from twotower.model.features import HistoryPooling
 
-    emb = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])       # third position is padding
-    history = torch.tensor([[4, 9, 0]])
-    mean = HistoryPooling(2, "mean")(emb, history)
+    table = nn.Embedding(10, 2, padding_idx=0)
+    with torch.no_grad():
+        table.weight[4] = torch.tensor([1.0, 0.0])
+        table.weight[9] = torch.tensor([0.0, 1.0])
+    history = torch.tensor([[4, 9, 0]])                                # third position is padding
+    mean = HistoryPooling(2, "mean")(table, history)
     assert torch.allclose(mean, torch.tensor([[0.5, 0.5]]))
     att = HistoryPooling(2, "attention", max_length=3)
     with torch.no_grad():
         att.key.weight.copy_(torch.eye(2))
         att.query.copy_(torch.tensor([50.0, 0.0]))
         att.position.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-    pooled = att(emb, history)                                         # position 0 (most recent) wins
+    pooled = att(table, history)                                       # position 0 (most recent) wins
     assert torch.allclose(pooled, torch.tensor([[1.0, 0.0]]), atol=1e-4)
-    empty = att(emb, torch.zeros(1, 3, dtype=torch.long))
+    empty = att(table, torch.zeros(1, 3, dtype=torch.long))
     assert torch.equal(empty, torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_mean_pooling_by_embedding_bag_equals_the_masked_mean_of_the_gathered_rows(hashed):
+    from twotower.model.embeddings import HashedEmbedding
+    from twotower.model.features import HistoryPooling
+
+    torch.manual_seed(0)
+    table = HashedEmbedding(50, 8, sparse=True) if hashed else nn.Embedding(40, 8, padding_idx=0, sparse=True)
+    history = torch.randint(1, 40, (6, 5))
+    history[:, 3:] = 0
+    history[2] = 0                                                     # an empty history pools to zeros
+    weights = torch.randn(6, 8)
+    (HistoryPooling(8, "mean")(table, history) * weights).sum().backward()
+    pooled_grad, table.weight.grad = table.weight.grad.to_dense(), None
+    mask = (history > 0).unsqueeze(-1)
+    reference = (table(history) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    (reference * weights).sum().backward()
+    assert torch.allclose(HistoryPooling(8, "mean")(table, history), reference, atol=1e-6)
+    assert torch.equal(HistoryPooling(8, "mean")(table, history)[2], torch.zeros(8))
+    assert torch.allclose(pooled_grad, table.weight.grad.to_dense(), atol=1e-6)
