@@ -17,7 +17,8 @@ pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the
 
 Examples/s counts training examples over training seconds (for Ray: the ``examples_per_s`` the loop
 reports for the epoch, which includes waiting for Ray Data batches but not validation nor the ~30 s of
-start-up; the wall time of the whole ``fit`` is printed beside it). Peak resident memory is sampled
+start-up; the wall time of the whole ``fit`` is printed beside it, and the epoch's ``data_wait_s``: the
+seconds the training thread was blocked waiting for the next batch). Peak resident memory is sampled
 every 0.5 s for every process of the run (driver and all Ray processes) and printed per role;
 "system" is the peak of the machine's used memory above its level before the run.
 
@@ -91,7 +92,7 @@ def run_ray(ds: Path, cfg: TrainConfig, workers: int, args, threads: int | None 
     result = TwoTowerTrainer(cfg).fit(ds)
     epoch = result.history[0]
     return {"examples_per_s": epoch["examples_per_s"], "steps": epoch["steps"] * workers,
-            "wall_s": time.perf_counter() - t0, "threads": " x ".join(str(t) for t in result.torch_threads)}
+            "wall_s": time.perf_counter() - t0, "data_wait_s": epoch["data_wait_s"], "threads": " x ".join(str(t) for t in result.torch_threads)}
 
 
 def run_ingest(ds: Path, cfg: TrainConfig, args) -> dict:
@@ -153,12 +154,14 @@ def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
     lines = [f"## Training throughput ({args.device})", "", f"Command: `{cmd}`", "", f"Machine: {machine}.",
              f"Dataset: `{ds.name}`; default model, batch {args.batch_size} per worker; "
              f"{'one epoch' if not args.max_steps else f'{args.max_steps} steps'} per configuration.", "",
-             "| configuration | torch threads | examples/s | vs plain (same threads) | fit wall s | system peak memory |",
-             "|---|---|---|---|---|---|"]
+             "| configuration | torch threads | examples/s | vs plain (same threads) | waiting for data s | fit wall s "
+             "| system peak memory |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = base.get("plain@" + r["config"].partition("@")[2]) if "@" in r["config"] else None
         ratio = r["examples_per_s"] / (ref or base.get("plain", float("nan")))
-        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {ratio:.2f}x | "
+        wait = f"{r['data_wait_s']:.1f}" if "data_wait_s" in r else "-"
+        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {ratio:.2f}x | {wait} | "
                      f"{r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
     if "ray-1" in base and "ray-2" in base:
         lines += ["", f"Scaling ray-2 / ray-1: **{base['ray-2'] / base['ray-1']:.2f}x**; framework overhead "

@@ -62,6 +62,7 @@ leave-last-out) are cut into blocks of ``EVAL_ROWS_PER_BLOCK`` examples so that
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -227,6 +228,25 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
         batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
         local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
+
+
+class TimedBatches:
+    """Iterator over ``batches`` that adds up ``wait_s``: the seconds the caller spent blocked in
+    ``next()``, i.e. waiting for the input pipeline (Ray Data) instead of training. Near 0 when the
+    pipeline keeps ahead of the step; the epoch's ``data_wait_s`` metric. ``clock``: seconds, monotonic."""
+
+    def __init__(self, batches, clock=time.perf_counter):
+        self._batches, self._clock, self.wait_s = iter(batches), clock, 0.0
+
+    def __iter__(self) -> "TimedBatches":
+        return self
+
+    def __next__(self):
+        start = self._clock()
+        try:
+            return next(self._batches)
+        finally:
+            self.wait_s += self._clock() - start
 
 
 def iter_eval_batches(shard, batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"

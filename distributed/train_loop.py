@@ -5,7 +5,8 @@ Metrics reported to Ray Train once per epoch (rank 0's values are the ones Ray k
 metric of ``RankingAccumulator.finalize`` (``valid_recall@10``, ``valid_ndcg@10``,
 ``valid_sampled_hr@10``, ...), ``steps`` (per worker), ``seconds`` (epoch wall time),
 ``examples_per_s`` (training examples of all workers per training second; positions for
-``examples: sequence``), ``best_epoch``,
+``examples: sequence``), ``data_wait_s`` (seconds the training thread waited for batches, mean of the
+workers: the input pipeline's stall time), ``best_epoch``,
 ``best_valid_recall@k`` and ``stop`` (1 when early stopping ends the run after this epoch).
 
 The loop reads top to bottom: :func:`setup` (seed, model, restored state, DDP, optimizer), then the
@@ -32,7 +33,7 @@ import torch
 from twotower.data.tables import load_feature_tables
 from twotower.distributed.collective import (all_gather_object, all_gather_with_grad, all_reduce_sums,
                                              weight_digest)
-from twotower.distributed.data import iter_eval_batches, iter_train_batches
+from twotower.distributed.data import TimedBatches, iter_eval_batches, iter_train_batches
 from twotower.distributed.run import ResolvedRun
 from twotower.distributed.train_state import TrainState, optimizer_changes
 from twotower.distributed.watchdog import ProgressReporter
@@ -70,8 +71,9 @@ def train_loop_per_worker(config: dict) -> dict:
             group["lr"] = cfg.lr_at(epoch)
         model.train()
         steps, loss_sum, examples = 0, 0.0, 0
-        for batch in iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=w.rank,
-                                        device=w.device, windows=cfg.examples == "sequence"):
+        batches = TimedBatches(iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                                  rank=w.rank, device=w.device, windows=cfg.examples == "sequence"))
+        for batch in batches:
             with torch.autocast("cuda", torch.bfloat16, enabled=cfg.precision == "bf16" and w.device.type == "cuda"):
                 out = compute_loss(model, batch, gather=gather, rank=w.rank, generator=generator)
             check_finite(out.logs["loss"], epoch, steps + 1, w.rank)
@@ -83,14 +85,16 @@ def train_loop_per_worker(config: dict) -> dict:
             if steps >= run.step_cap:
                 break
         train_seconds = time.perf_counter() - t0
-        totals = all_reduce_sums({"loss": loss_sum, "steps": steps, "examples": examples}, w.device)
+        totals = all_reduce_sums({"loss": loss_sum, "steps": steps, "examples": examples,
+                                  "data_wait_s": batches.wait_s / w.world}, w.device)
         valid = validate(core, valid_shard, run.schema, cfg.eval_cutoffs, w.device, w.progress, epoch)
         stop = state.end_epoch(epoch, valid[f"recall@{cfg.monitor_k}"], cfg)   # same on every worker
         metrics = epoch_metrics(cfg, state, epoch, totals, valid, steps, t0, train_seconds, stop)
         state.history.append(metrics)
         w.say(f"epoch {epoch}/{cfg.epochs} done: train_loss {metrics['train_loss']:.4f} "
               f"{cfg.monitor_key} {metrics[cfg.monitor_key]:.4f} (best {state.best_metric:.4f} @ epoch "
-              f"{state.best_epoch}) {metrics['seconds']:.1f}s {metrics['examples_per_s']:,.0f} examples/s")
+              f"{state.best_epoch}) {metrics['seconds']:.1f}s {metrics['examples_per_s']:,.0f} examples/s, "
+              f"{metrics['data_wait_s']:.1f}s waiting for data")
         report(run, model, optimizer, state, metrics, w)
         if stop:
             w.say(f"early stopping: no {cfg.monitor_key} improvement for {state.bad_epochs} epochs")
@@ -214,7 +218,8 @@ def epoch_metrics(cfg, state: TrainState, epoch: int, totals: dict, valid: dict,
     """The metrics reported for one epoch (see the module docstring)."""
     return {"epoch": epoch, "train_loss": totals["loss"] / max(totals["steps"], 1.0),
             **{f"valid_{k}": v for k, v in valid.items()}, "steps": steps, "seconds": time.perf_counter() - t0,
-            "examples_per_s": totals["examples"] / max(train_seconds, 1e-9), "best_epoch": state.best_epoch,
+            "examples_per_s": totals["examples"] / max(train_seconds, 1e-9), "data_wait_s": totals["data_wait_s"],
+            "best_epoch": state.best_epoch,
             f"best_{cfg.monitor_key}": state.best_metric, "stop": int(stop)}
 
 

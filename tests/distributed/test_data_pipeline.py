@@ -15,7 +15,7 @@ import torch
 
 from twotower.data.sequences import cut_examples, sequence_schema, write_sequence_file
 from twotower.data.splits import split_num_rows
-from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TwoTowerDataConfig, iter_eval_batches,
+from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TimedBatches, TwoTowerDataConfig, iter_eval_batches,
                                        iter_train_batches, read_split)
 from twotower.model.schema import DatasetSchema
 
@@ -139,3 +139,19 @@ def test_eval_batch_size_bounds_the_score_matrix():
     assert eval_batch_size(10 ** 9) == 8                     # never below 8 rows
     for n in (65_536, 1_000_001, 20_000_000):
         assert eval_batch_size(n) * n <= max(EVAL_SCORES_PER_BATCH, 8 * n)
+
+
+def test_timed_batches_count_only_the_time_blocked_in_next():
+    clock = [0.0]
+
+    def slow_pipeline():
+        for i in range(3):
+            clock[0] += 2.0                      # 2 s to produce each batch
+            yield i
+
+    batches = TimedBatches(slow_pipeline(), clock=lambda: clock[0])
+    seen = []
+    for b in batches:
+        clock[0] += 5.0                          # 5 s of training step: not waiting
+        seen.append(b)
+    assert seen == [0, 1, 2] and batches.wait_s == 6.0

@@ -55,7 +55,7 @@ def test_run_dir_has_metrics_curves_config(fitted):
     rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in result.history]
     for col in ("train_loss", "valid_recall@10", "valid_recall@20", "valid_recall@50", "valid_hr@10",
-                "valid_ndcg@10", "valid_sampled_hr@10", "seconds", "examples_per_s"):
+                "valid_ndcg@10", "valid_sampled_hr@10", "seconds", "examples_per_s", "data_wait_s"):
         assert col in rows[0] and float(rows[0][col]) >= 0
     assert (result.run_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert TrainConfig.from_yaml(result.run_dir / "config.yaml") == cfg
