@@ -26,13 +26,14 @@ from twotower.distributed.config import TrainConfig  # noqa: E402
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "ml-1m-sequence.yaml"
 VARIANTS: dict[str, list[str]] = {                  # the shipped config trains loss: full_softmax
     "shipped config": [],
-    "sampled softmax (in-batch + uniform, logQ)": ["loss=softmax"],
-    "sampled softmax, no logQ correction": ["loss=softmax", "logq_correction=false"],
-    "sampled softmax, no extra uniform negatives": ["loss=softmax", "num_negatives=0"],
+    "sampled softmax: in-batch + uniform with logQ": ["loss=softmax"],
+    "sampled softmax without logQ correction": ["loss=softmax", "logq_correction=false"],
+    "sampled softmax without extra uniform negatives": ["loss=softmax", "num_negatives=0"],
     "max length 50": ["max_sequence_length=50"],
     "1 block": ["sequence_layers=1"],
     "trilinear context": ["context_mode=trilinear"],
 }
+assert not any("," in name for name in VARIANTS), "--variants is comma-separated"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
