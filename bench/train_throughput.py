@@ -92,7 +92,8 @@ def run_ray(ds: Path, cfg: TrainConfig, workers: int, args, threads: int | None 
     result = TwoTowerTrainer(cfg).fit(ds)
     epoch = result.history[0]
     return {"examples_per_s": epoch["examples_per_s"], "steps": epoch["steps"] * workers,
-            "wall_s": time.perf_counter() - t0, "data_wait_s": epoch["data_wait_s"], "threads": " x ".join(str(t) for t in result.torch_threads)}
+            "wall_s": time.perf_counter() - t0, "data_wait_s": epoch["data_wait_s"],
+            "threads": " x ".join(str(t) for t in result.torch_threads)}
 
 
 def run_ingest(ds: Path, cfg: TrainConfig, args) -> dict:

@@ -92,8 +92,9 @@ def sum_of_rows(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
 
     ``table``: an ``nn.Embedding`` or a :class:`HashedEmbedding` (each id adds its two bucket rows). One
     fused gather-and-reduce (``F.embedding_bag``, mode ``sum``) instead of materialising the (B, N, dim)
-    gather: about half the forward + backward time of the gather, mask and sum for mean pooling
-    (B 1024, N 50, dim 64, sparse table, one thread). Sparse gradients when the table is sparse.
+    gather: for mean pooling (B 1024, N 50, dim 64, sparse table) 0.86x the forward + backward time of
+    the gather, mask and sum on one thread, the same on two (``bench/pooling.py``). Sparse gradients
+    when the table is sparse.
     """
     idx = table.buckets(ids).flatten(1) if isinstance(table, HashedEmbedding) else ids
     return F.embedding_bag(idx, table.weight, mode="sum", padding_idx=0, sparse=table.sparse)

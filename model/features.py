@@ -91,10 +91,11 @@ class HistoryPooling(nn.Module):
     """Pools the embeddings (rows of ``table``, dim E) of a user's last N items ``history`` (B, N) int64,
     0-padded, into (B, E) float32.
 
-    ``mean``: average over non-padding positions (one ``F.embedding_bag``, :func:`sum_of_rows`). ``attention``: softmax_j(q . W (h_j + p_j) / sqrt(E))
-    weighted sum of h_j, with a learned query q and learned position embeddings p_j (position 0 = most
-    recent item, so recency can matter); attention pooling as in YouTube/DIN-style user models, without
-    the target item so the user tower stays independent of the item tower. Empty histories give zeros.
+    ``mean``: average over non-padding positions (one ``F.embedding_bag``, :func:`sum_of_rows`).
+    ``attention``: softmax_j(q . W (h_j + p_j) / sqrt(E)) weighted sum of h_j, with a learned query q and
+    learned position embeddings p_j (position 0 = most recent item, so recency can matter); attention
+    pooling as in YouTube/DIN-style user models, without the target item so the user tower stays
+    independent of the item tower. Empty histories give zeros.
     """
 
     def __init__(self, dim: int, mode: str, max_length: int = 0):
