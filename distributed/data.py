@@ -28,10 +28,16 @@ for the transformer encoder, else ``schema.history_length``), plus ``history_tim
 model embeds time gaps. Training on every position (``examples: sequence``) cuts the train split into
 windows of ``max_sequence_length`` instead; valid stays per event (the second-last interaction).
 
-Shuffling (train only): the order of the parquet *files* is reshuffled at every epoch
+Passes and epochs (``TrainStream``): each pass over the train split is one execution of the
+pipeline. Without ``max_steps_per_epoch`` an epoch is one pass; with it, an epoch is at most that
+many steps and the next epoch continues the same pass (validation runs while the pipeline keeps
+producing), so capped epochs see successive examples and the pipeline starts once per pass, not
+once per epoch.
+
+Shuffling (train only): the order of the parquet *files* is reshuffled at every pass
 (``FileShuffleConfig(seed, reseed_after_execution=True)``) and examples are mixed in a per-worker
 local shuffle buffer of ``shuffle_buffer_rows(batch_size)`` examples (``iter_torch_batches(
-local_shuffle_buffer_size=..., local_shuffle_seed=seed + epoch + rank)``). This is not a global
+local_shuffle_buffer_size=..., local_shuffle_seed=seed + pass + rank)``). This is not a global
 shuffle: one sequence row becomes all the train examples of one user (or of one window of a long
 user), consecutive, so the buffer mixes about (buffer size / examples per user) users per batch
 (ML-1M: ~60 users of ~165 examples each in 10k), which is what in-batch negatives need. A full
@@ -39,8 +45,9 @@ user), consecutive, so the buffer mixes about (buffer size / examples per user) 
 
 After a worker failure Ray Train rebuilds the dataset shards from the datasets given to the
 trainer, so the per-execution file-order seed starts again at execution 0: in a run resumed after
-epoch k, epoch k + j reads the files in the order of epoch j of an undisturbed run. Every file is
-still read once per epoch; the local shuffle seed uses the absolute epoch and is unaffected. (Block
+epoch k, pass k + j reads the files in the order of pass j of an undisturbed run. The resumed run
+starts a new pass (numbered k + 1) from the start of the data, also when epoch k ended inside a pass
+(capped epochs). The local shuffle seed uses the pass number and is unaffected. (Block
 assignment by ``streaming_split`` is dynamic, so examples per worker differ between runs anyway.)
 
 Input checks (``twotower.data.splits.check_splits``, run by the driver): before anything starts,
@@ -228,6 +235,45 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
         batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
         local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
+
+
+class TrainStream:
+    """This worker's training batches as one stream over successive passes of its shard, cut into epochs.
+
+    ``epoch(cap)`` yields the next at most ``cap`` batches of the current pass (:func:`iter_train_batches`,
+    shuffle seeded by the pass number). An epoch ends after ``cap`` steps or at the end of the pass,
+    whichever comes first; the next epoch continues the pass where the last one stopped, and a new
+    pass (Ray Data re-executes the pipeline: files reshuffled, new shuffle seed) starts only when the
+    last one is used up. So with ``max_steps_per_epoch`` shorter than a pass, successive epochs
+    (validation periods) see successive examples instead of re-reading the start of the data, and the
+    pipeline is not restarted for every epoch; with no cap every epoch is one pass.
+
+    ``first_pass``: the number of the first pass (1; after a resume, the epochs done + 1, a new pass
+    from the start of the data). Every worker of a run takes the same number of batches per pass
+    (``equal=True`` shards, ``drop_last``), so epochs end at the same step on every worker.
+    """
+
+    def __init__(self, shard, batch_size: int, *, seed: int, rank: int, first_pass: int = 1,
+                 device: torch.device | str = "cpu", windows: bool = False):
+        self._make = lambda n: iter_train_batches(shard, batch_size, seed=seed, epoch=n, rank=rank,
+                                                  device=device, windows=windows)
+        self.next_pass, self._batches = first_pass, None
+
+    def epoch(self, cap: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The next epoch's batches: at most ``cap``, never crossing the end of a pass."""
+        taken, fresh = 0, False
+        while taken < cap:
+            if self._batches is None:
+                self._batches, self.next_pass, fresh = iter(self._make(self.next_pass)), self.next_pass + 1, True
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self._batches = None
+                if taken or fresh:           # the pass ended during this epoch (or held no full batch)
+                    return
+                continue                     # the last epoch ended exactly at the end of a pass
+            taken, fresh = taken + 1, False
+            yield batch
 
 
 class TimedBatches:

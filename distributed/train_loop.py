@@ -33,7 +33,7 @@ import torch
 from twotower.data.tables import load_feature_tables
 from twotower.distributed.collective import (all_gather_object, all_gather_with_grad, all_reduce_sums,
                                              weight_digest)
-from twotower.distributed.data import TimedBatches, iter_eval_batches, iter_train_batches
+from twotower.distributed.data import TimedBatches, TrainStream, iter_eval_batches
 from twotower.distributed.run import ResolvedRun
 from twotower.distributed.train_state import TrainState, optimizer_changes
 from twotower.distributed.watchdog import ProgressReporter
@@ -63,7 +63,9 @@ def train_loop_per_worker(config: dict) -> dict:
     core = getattr(model, "module", model)
     gather = all_gather_with_grad if cfg.gather_negatives and w.world > 1 else None
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + w.rank * 7919 + state.epoch)
-    train_shard, valid_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
+    stream = TrainStream(ray.train.get_dataset_shard("train"), cfg.batch_size, seed=cfg.seed, rank=w.rank,
+                         first_pass=state.epoch + 1, device=w.device, windows=cfg.examples == "sequence")
+    valid_shard = ray.train.get_dataset_shard("valid")
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -71,8 +73,7 @@ def train_loop_per_worker(config: dict) -> dict:
             group["lr"] = cfg.lr_at(epoch)
         model.train()
         steps, loss_sum, examples = 0, 0.0, 0
-        batches = TimedBatches(iter_train_batches(train_shard, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                                  rank=w.rank, device=w.device, windows=cfg.examples == "sequence"))
+        batches = TimedBatches(stream.epoch(run.step_cap))
         for batch in batches:
             with torch.autocast("cuda", torch.bfloat16, enabled=cfg.precision == "bf16" and w.device.type == "cuda"):
                 out = compute_loss(model, batch, gather=gather, rank=w.rank, generator=generator)
@@ -82,8 +83,6 @@ def train_loop_per_worker(config: dict) -> dict:
             optimizer.step()
             steps, loss_sum, examples = steps + 1, loss_sum + out.logs["loss"], examples + batch_examples(batch)
             w.after_step(epoch, steps, examples, t0)
-            if steps >= run.step_cap:
-                break
         train_seconds = time.perf_counter() - t0
         totals = all_reduce_sums({"loss": loss_sum, "steps": steps, "examples": examples,
                                   "data_wait_s": batches.wait_s / w.world}, w.device)

@@ -15,8 +15,8 @@ import torch
 
 from twotower.data.sequences import cut_examples, sequence_schema, write_sequence_file
 from twotower.data.splits import split_num_rows
-from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TimedBatches, TwoTowerDataConfig, iter_eval_batches,
-                                       iter_train_batches, read_split)
+from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TimedBatches, TrainStream, TwoTowerDataConfig,
+                                       iter_eval_batches, iter_train_batches, read_split)
 from twotower.model.schema import DatasetSchema
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -139,6 +139,32 @@ def test_eval_batch_size_bounds_the_score_matrix():
     assert eval_batch_size(10 ** 9) == 8                     # never below 8 rows
     for n in (65_536, 1_000_001, 20_000_000):
         assert eval_batch_size(n) * n <= max(EVAL_SCORES_PER_BATCH, 8 * n)
+
+
+def _epochs(stream: TrainStream, cap: int, n: int) -> list[list[int]]:
+    return [[int(x) for b in stream.epoch(cap) for x in b["id"]] for _ in range(n)]
+
+
+def test_capped_epochs_continue_the_pass_instead_of_restarting_it(ray_cluster):
+    import ray
+
+    shard = ray.data.range(100, override_num_blocks=4).streaming_split(1, equal=True)[0]
+    epochs = _epochs(TrainStream(shard, 10, seed=0, rank=0), cap=4, n=6)   # passes of 10 batches
+    assert [len(e) for e in epochs] == [40, 40, 20, 40, 40, 20]           # an epoch never crosses a pass
+    first, second = sum(epochs[:3], []), sum(epochs[3:], [])
+    assert sorted(first) == sorted(second) == list(range(100))            # each pass: every row once
+    assert first != second                                                  # reshuffled per pass
+
+
+def test_uncapped_epochs_are_whole_passes_even_when_the_cap_is_the_pass_length(ray_cluster):
+    import ray
+
+    shard = ray.data.range(100, override_num_blocks=4).streaming_split(1, equal=True)[0]
+    stream = TrainStream(shard, 10, seed=0, rank=0, first_pass=3)
+    for cap in (10, 1 << 62):                     # exactly the steps of a pass (per-event runs), or none
+        epochs = _epochs(stream, cap, 2)
+        assert [sorted(e) for e in epochs] == [list(range(100))] * 2
+    assert stream.next_pass == 7
 
 
 def test_timed_batches_count_only_the_time_blocked_in_next():
