@@ -1,7 +1,7 @@
 """Time to quality against implicit's ALS on ML-1M, side by side in one run (not a test).
 
-    python bench/time_to_quality.py --dataset /tmp/ml1m --als-python /work/venv-als/bin/python \\
-        --budget 300 --write-docs docs/benchmarks.md
+    python bench/time_to_quality.py --dataset /work/seq-data/ml-1m --als-python /work/venv-als/bin/python \\
+        --budget 120 --set hidden_dims=[] --set lr=0.03 --write-docs docs/benchmarks.md
 
 Three systems learn from the same train split of a prepared dataset (leave-last-out) and are scored on
 the same test split by the same ``RankingAccumulator`` (full-ranking Recall@10 over the catalogue minus
@@ -16,9 +16,11 @@ the user's earlier items; sampled HR@10 against 100 unseen items, He et al. 2017
   overrides); wall time = data load + model build + training seconds; the test split is scored every
   ``--eval-every`` steps outside the timed section, until ``--budget`` seconds of training.
 * **twotower, Ray Train** (``TwoTowerTrainer``, 1 worker): the same config in ``--ray-epochs`` short epochs
-  of ``--ray-steps`` steps (``max_steps_per_epoch``), every epoch's checkpoint kept; timed from the call of
-  ``fit`` (Ray start-up, the per-epoch validation and checkpoints included); every checkpoint is scored on
-  the test split after the run, at the time it was reported (``_common.epoch_report_times``).
+  of ``--ray-steps`` steps (``max_steps_per_epoch``: validation and a checkpoint every ``--ray-steps``
+  steps; each epoch continues the pass over the data where the last one stopped, ``TrainStream``), every
+  epoch's checkpoint kept; timed from the call of ``fit`` (Ray start-up, the per-epoch validation and
+  checkpoints included); every checkpoint is scored on the test split after the run, at the time it was
+  reported (``_common.epoch_report_times``).
 
 For each system the table gives the wall time to reach ALS's test Recall@10 and its sampled HR@10, and
 the best test Recall@10 reached within the budget.

@@ -1,6 +1,6 @@
 """Training throughput: plain PyTorch loop vs Ray Train with 1 and 2 workers (not a test).
 
-    python bench/train_throughput.py --prepare ml-1m --work /tmp/twotower-bench-tt --write-docs docs/benchmarks.md
+    python bench/train_throughput.py --prepare ml-1m --work /tmp/twotower-bench-tt --repeat 2 --write-docs docs/benchmarks.md
 
 Three configurations train the default model (``TrainConfig()`` defaults: user_tower, history mean
 pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the same per-worker batch
@@ -18,7 +18,11 @@ pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the
 Examples/s counts training examples over training seconds (for Ray: the ``examples_per_s`` the loop
 reports for the epoch, which includes waiting for Ray Data batches but not validation nor the ~30 s of
 start-up; the wall time of the whole ``fit`` is printed beside it, and the epoch's ``data_wait_s``: the
-seconds the training thread was blocked waiting for the next batch). Peak resident memory is sampled
+seconds the training thread was blocked waiting for the next batch; "while not waiting" divides the
+examples by the training seconds minus that wait, which leaves the step's own rate). ``--repeat N`` runs
+the list of configurations N times in turn, so that each Ray row has plain rows on either side; the
+table shows each row's median round and every round's figure (the host's speed drifts by 20% or more
+within minutes, so single runs minutes apart do not compare). Peak resident memory is sampled
 every 0.5 s for every process of the run (driver and all Ray processes) and printed per role;
 "system" is the peak of the machine's used memory above its level before the run.
 
@@ -50,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--max-steps", type=int, default=None, help="steps per configuration (default: one epoch)")
     p.add_argument("--configs", default="plain,ray-1,ray-2")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of --configs, interleaved; the tables give each configuration's median round")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--write-docs", help="regenerate this file's train_throughput section (docs/benchmarks.md)")
     p.add_argument("--out", help="write the results as JSON here")
@@ -126,44 +132,72 @@ def main(argv=None) -> int:
     ds = dataset_dir(args)
     cfg = TrainConfig(batch_size=args.batch_size, epochs=1, patience=0, max_steps_per_epoch=args.max_steps)
     machine = machine_line()
-    rows = []
-    for name in args.configs.split(","):
-        with MemorySampler() as mem:
-            if name.startswith("plain"):                      # plain or plain@T (T torch threads)
-                res = run_plain(ds, cfg, args, int(name.partition("@")[2] or 0) or None)
-            elif name == "ingest":
-                res = run_ingest(ds, cfg, args)
-            else:                                              # ray-W or ray-W@T (torch_threads T)
-                workers, _, threads = name.split("-")[1].partition("@")
-                res = run_ray(ds, cfg, int(workers), args, int(threads) if threads else None)
-        res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role(), cpu=mem.cpu_by_role())
-        rows.append(res)
-        print(f"{name}: {res['examples_per_s']:,.0f} examples/s, {res['steps']} steps, wall {res['wall_s']:.1f} s, "
-              f"system peak +{fmt_bytes(res['system_peak'])}", flush=True)
+    runs = [run_config(name, ds, cfg, args) for _ in range(args.repeat) for name in args.configs.split(",")]
+    rows = [median_round([r for r in runs if r["config"] == name]) for name in args.configs.split(",")]
     base = {r["config"]: r["examples_per_s"] for r in rows}
     md = render(rows, base, args, ds, machine)
     print(md)
     if args.write_docs:
         write_docs_section(args.write_docs, f"train_throughput_{args.device}", md)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1, default=str))
+        Path(args.out).write_text(json.dumps(runs, indent=1, default=str))
     return 0
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median examples/s (the lower middle for an even count), with every round's
+    examples/s as ``rounds``."""
+    ordered = sorted(rounds, key=lambda r: r["examples_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r["examples_per_s"] for r in rounds]}
+
+
+def run_config(name: str, ds: Path, cfg: TrainConfig, args) -> dict:
+    """One configuration once, with its memory and CPU per process role."""
+    with MemorySampler() as mem:
+        if name.startswith("plain"):                      # plain or plain@T (T torch threads)
+            res = run_plain(ds, cfg, args, int(name.partition("@")[2] or 0) or None)
+        elif name == "ingest":
+            res = run_ingest(ds, cfg, args)
+        else:                                              # ray-W or ray-W@T (torch_threads T)
+            workers, _, threads = name.split("-")[1].partition("@")
+            res = run_ray(ds, cfg, int(workers), args, int(threads) if threads else None)
+    res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role(), cpu=mem.cpu_by_role())
+    print(f"{name}: {res['examples_per_s']:,.0f} examples/s, {res['steps']} steps, wall {res['wall_s']:.1f} s, "
+          f"system peak +{fmt_bytes(res['system_peak'])}", flush=True)
+    return res
+
+
+def plain_of(config: str) -> str:
+    """The plain-loop configuration a row compares with: ``plain@T`` for ``...@T``, else ``plain``."""
+    return "plain@" + config.partition("@")[2] if "@" in config else "plain"
+
+
 def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
+    by_name = {r["config"]: r for r in rows}
     cmd = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
     lines = [f"## Training throughput ({args.device})", "", f"Command: `{cmd}`", "", f"Machine: {machine}.",
              f"Dataset: `{ds.name}`; default model, batch {args.batch_size} per worker; "
-             f"{'one epoch' if not args.max_steps else f'{args.max_steps} steps'} per configuration.", "",
-             "| configuration | torch threads | examples/s | vs plain (same threads) | waiting for data s | fit wall s "
-             "| system peak memory |",
-             "|---|---|---|---|---|---|---|"]
+             f"{'one epoch' if not args.max_steps else f'{args.max_steps} steps'} per configuration; "
+             f"{args.repeat} round(s) of the configurations, interleaved; each row is its median round "
+             f"(CPU and memory tables too).", "",
+             "| configuration | torch threads | examples/s | each round | vs plain (same threads) | examples/s while "
+             "not waiting for data | waiting for data s | fit wall s | system peak memory |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ref = base.get("plain@" + r["config"].partition("@")[2]) if "@" in r["config"] else None
-        ratio = r["examples_per_s"] / (ref or base.get("plain", float("nan")))
-        wait = f"{r['data_wait_s']:.1f}" if "data_wait_s" in r else "-"
-        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {ratio:.2f}x | {wait} | "
-                     f"{r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
+        ratio = r["examples_per_s"] / base.get(plain_of(r["config"]), float("nan"))
+        wait, busy = "-", "-"
+        if "data_wait_s" in r:
+            examples = r["steps"] * args.batch_size
+            wait = f"{r['data_wait_s']:.1f}"
+            busy = f"{examples / (examples / r['examples_per_s'] - r['data_wait_s']):,.0f}"
+        each = " / ".join(f"{x:,.0f}" for x in r.get("rounds", [r["examples_per_s"]]))
+        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {each} | {ratio:.2f}x | {busy} | "
+                     f"{wait} | {r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
+    paired = {r["config"]: [x / y for x, y in zip(r["rounds"], by_name[plain_of(r["config"])]["rounds"])]
+              for r in rows if r["config"].startswith("ray") and plain_of(r["config"]) in by_name}
+    if paired and args.repeat > 1:
+        lines += ["", "Ratio to the plain loop on the same threads, round by round: " + "; ".join(
+            f"{name} {', '.join(f'{x:.2f}x' for x in ratios)}" for name, ratios in paired.items()) + "."]
     if "ray-1" in base and "ray-2" in base:
         lines += ["", f"Scaling ray-2 / ray-1: **{base['ray-2'] / base['ray-1']:.2f}x**; framework overhead "
                       f"ray-1 / plain: **{base['ray-1'] / base.get('plain', float('nan')):.2f}x**."]
