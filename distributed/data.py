@@ -230,6 +230,10 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
     ``drop_last=True``: only full batches, so with ``equal=True`` shards every worker takes the same
     number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, epoch, rank). On CUDA
     the host batches are pinned, so the copies to the GPU are asynchronous DMA transfers.
+
+    Prefetch is Ray's default (``prefetch_batches=1``): after a pass's first batch the worker waits ~1 s
+    per 50 s epoch of the default model on 2 cores (``data_wait_s``; docs/benchmarks.md), so deeper
+    prefetch has little to win and would hold more blocks in the worker.
     """
     return shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
