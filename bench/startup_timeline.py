@@ -6,9 +6,9 @@ Starts the local Ray runtime itself (as ``TwoTowerTrainer.fit`` would), fits the
 epoch of ``--steps`` steps with 1 worker, then reads every task and actor-task event of the run from
 Ray's state API (``ray.util.state.list_tasks(detail=True)``) before shutting Ray down. Prints, in
 seconds since ``fit`` was called, when each start-up task was submitted, started running (for an actor:
-its process started and imported what it needs) and finished: the fit task, the TrainController, the worker group, Ray Train's DatasetManager, the Ray Data
-SplitCoordinators, and the first read and ``cut_chunks`` tasks; then the first epoch's ``data_wait_s``
-(mostly the wait for the first batch).
+its process started and imported what it needs) and finished: the fit task, the TrainController, the
+worker group, Ray Train's DatasetManager, the Ray Data SplitCoordinators, and the first read and
+``cut_chunks`` tasks; then the first epoch's ``data_wait_s`` (mostly the wait for the first batch).
 """
 from __future__ import annotations
 

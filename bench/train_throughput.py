@@ -1,6 +1,7 @@
 """Training throughput: plain PyTorch loop vs Ray Train with 1 and 2 workers (not a test).
 
-    python bench/train_throughput.py --prepare ml-1m --work /tmp/twotower-bench-tt --repeat 2 --write-docs docs/benchmarks.md
+    python bench/train_throughput.py --prepare ml-1m --work /tmp/twotower-bench-tt --repeat 2 \\
+        --write-docs docs/benchmarks.md
 
 Three configurations train the default model (``TrainConfig()`` defaults: user_tower, history mean
 pooling, in-batch softmax with logQ, Adam) on the same prepared dataset with the same per-worker batch
@@ -191,8 +192,8 @@ def render(rows: list[dict], base: dict, args, ds: Path, machine: str) -> str:
             wait = f"{r['data_wait_s']:.1f}"
             busy = f"{examples / (examples / r['examples_per_s'] - r['data_wait_s']):,.0f}"
         each = " / ".join(f"{x:,.0f}" for x in r.get("rounds", [r["examples_per_s"]]))
-        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {each} | {ratio:.2f}x | {busy} | "
-                     f"{wait} | {r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
+        lines.append(f"| {r['config']} | {r['threads']} | {r['examples_per_s']:,.0f} | {each} | {ratio:.2f}x | "
+                     f"{busy} | {wait} | {r['wall_s']:.1f} | +{fmt_bytes(r['system_peak'])} |")
     paired = {r["config"]: [x / y for x, y in zip(r["rounds"], by_name[plain_of(r["config"])]["rounds"])]
               for r in rows if r["config"].startswith("ray") and plain_of(r["config"]) in by_name}
     if paired and args.repeat > 1:

@@ -71,8 +71,8 @@ class TrainConfig(BaseModel):
     checkpoints_to_keep: int | None = Field(2, ge=1, description="epoch checkpoints kept, best by the monitored "
                                             "metric (Ray also keeps the latest); null keeps every epoch")
     stall_timeout_s: float = Field(600.0, gt=0.0, description="fail if no training step, validation batch or report happens for this many seconds (start-up included)")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch: smoke runs, or validation and "
-                                            "checkpoints every N steps on large data. A capped epoch continues "
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch: smoke runs, or validation "
+                                            "and checkpoints every N steps on large data. A capped epoch continues "
                                             "the pass over the train split where the previous one stopped "
                                             "(distributed.data.TrainStream); an epoch never crosses a pass")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
