@@ -13,12 +13,17 @@ worker group, Ray Train's DatasetManager, the Ray Data SplitCoordinators, and th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import ray
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from twotower.distributed.config import TrainConfig
-from twotower.distributed.trainer import TwoTowerTrainer, start_local_ray
+import ray  # noqa: E402
+
+from _common import machine_line  # noqa: E402
+from twotower.distributed.config import TrainConfig  # noqa: E402
+from twotower.distributed.trainer import TwoTowerTrainer, start_local_ray  # noqa: E402
 
 SHOWN = ("_fit_task", "TrainController.__init__", "RayTrainWorker.__init__", "RayTrainWorker.run_train_fn",
          "DatasetManager.__init__", "DatasetManager.get_dataset_shard", "SplitCoordinator.__init__",
@@ -34,6 +39,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = TrainConfig(epochs=1, patience=0, max_steps_per_epoch=args.steps, torch_threads=args.threads,
                       storage_path=args.work, run_name=f"startup-{time.strftime('%H%M%S')}")
+    machine = machine_line()
     start_local_ray(cfg)
     try:
         t0 = time.time()
@@ -41,6 +47,7 @@ def main(argv=None) -> int:
         rows = task_rows(t0)
     finally:
         ray.shutdown()
+    print(f"Machine: {machine}.\n")
     print("| submitted (s since fit) | task | waiting to run s | running at | finished at |\n|---|---|---|---|---|")
     seen: dict[str, int] = {}
     for start, name, events in rows:

@@ -117,7 +117,7 @@ def run_ingest(ds: Path, cfg: TrainConfig, args) -> dict:
         train = build_datasets(ds, DatasetSchema.load(ds), seed=cfg.seed, model=cfg.model)["train"]
         shard = train.streaming_split(1, equal=True)[0]
         t0, steps, examples = time.perf_counter(), 0, 0
-        for batch in iter_train_batches(shard, cfg.batch_size, seed=cfg.seed, epoch=1, rank=0):
+        for batch in iter_train_batches(shard, cfg.batch_size, seed=cfg.seed, pass_number=1, rank=0):
             steps, examples = steps + 1, examples + len(batch["user_idx"])
             if args.max_steps and steps >= args.max_steps:
                 break

@@ -139,7 +139,7 @@ def read_split(dataset_dir: str | Path, split: str, schema: DatasetSchema, *, wi
 
     Args:
         split: ``train``, ``valid`` or ``test``. with_seen: also cut ``seen_items`` (valid/test).
-        shuffle_seed: if not None, reshuffle the file order every execution (epoch) from this seed.
+        shuffle_seed: if not None, reshuffle the file order every execution (pass) from this seed.
         rows_per_block: if set, stream-repartition into blocks of at most this many examples.
         files: read only these sequence files (default: all; see ``check_splits``).
         history_length / history_time: N of ``history`` (default the schema's) and ``history_timestamp``.
@@ -220,15 +220,16 @@ class TwoTowerDataConfig(ray.train.DataConfig):
         return output
 
 
-def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: int,
+def iter_train_batches(shard, batch_size: int, *, seed: int, pass_number: int, rank: int,
                        device: torch.device | str = "cpu", windows: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's training batches for one epoch: dicts of tensors on ``device``: ``user_idx``,
+    """This worker's training batches for one pass over its shard (:class:`TrainStream` cuts passes into
+    epochs): dicts of tensors on ``device``: ``user_idx``,
     ``item_idx``, ``timestamp`` int64 (B,), ``history`` int64 (B, N), every context feature, and ``weight``
     float32 (B,) for a weighted dataset; with ``windows`` (``examples: sequence``) B windows as
     ``twotower.data.sequences.cut_windows`` cuts them.
 
     ``drop_last=True``: only full batches, so with ``equal=True`` shards every worker takes the same
-    number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, epoch, rank). On CUDA
+    number of steps. Examples are mixed in a local shuffle buffer seeded by (seed, pass_number, rank). On CUDA
     the host batches are pinned, so the copies to the GPU are asynchronous DMA transfers.
 
     Prefetch is Ray's default (``prefetch_batches=1``): after a pass's first batch the worker waits ~1 s
@@ -238,7 +239,7 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, epoch: int, rank: i
     return shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
-        local_shuffle_seed=seed * 1_000_003 + epoch * 1_009 + rank)
+        local_shuffle_seed=seed * 1_000_003 + pass_number * 1_009 + rank)
 
 
 class TrainStream:
@@ -259,7 +260,7 @@ class TrainStream:
 
     def __init__(self, shard, batch_size: int, *, seed: int, rank: int, first_pass: int = 1,
                  device: torch.device | str = "cpu", windows: bool = False):
-        self._make = lambda n: iter_train_batches(shard, batch_size, seed=seed, epoch=n, rank=rank,
+        self._make = lambda n: iter_train_batches(shard, batch_size, seed=seed, pass_number=n, rank=rank,
                                                   device=device, windows=windows)
         self.next_pass, self._batches = first_pass, None
 

@@ -42,7 +42,7 @@ def test_train_batches_have_model_dtypes_and_equal_steps(ray_cluster, synthetic_
 
     def count(it):
         steps, first = 0, None
-        for b in iter_train_batches(it, 500, seed=0, epoch=1, rank=0):
+        for b in iter_train_batches(it, 500, seed=0, pass_number=1, rank=0):
             first = first or {k: (str(v.dtype), tuple(v.shape)) for k, v in b.items()}
             steps += 1
         return steps, first
@@ -115,7 +115,7 @@ def test_weight_flows_through_to_the_training_batch(ray_cluster, synthetic_datas
         write_sequence_file(rows.append_column("weight", weight).select(sequence_schema(schema).names), str(path))
     shard = TwoTowerDataConfig().configure({"train": read_split(out, "train", schema, shuffle_seed=0)}, world_size=1,
                                            worker_handles=None, worker_node_ids=None)[0]["train"]
-    batch = next(iter(iter_train_batches(shard, 256, seed=0, epoch=1, rank=0)))
+    batch = next(iter(iter_train_batches(shard, 256, seed=0, pass_number=1, rank=0)))
     assert batch["weight"].dtype == torch.float32 and batch["weight"].shape == (256,)
     assert torch.allclose(batch["weight"], batch["item_idx"].float() / 1000)
 
