@@ -63,12 +63,14 @@ class PlainRun:
 
 
 def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Tensor], *, max_steps: int | None = None,
-                epochs: int = 1, on_epoch=None, seed: int = 0, every: int = 0, on_steps=None) -> PlainRun:
+                epochs: int = 1, on_epoch=None, seed: int = 0, every: int = 0, on_steps=None,
+                max_steps_per_epoch: int | None = None) -> PlainRun:
     """Single-process PyTorch loop over in-memory tensors: per epoch a random permutation, batches of
     ``cfg.batch_size`` (last partial batch dropped, as in Ray Train), ``compute_loss`` + the configured
     optimizer: the same model, loss and batch as a Ray Train worker, without Ray Data or DDP.
 
-    ``on_epoch(epoch, run) -> bool`` is called after every epoch outside the timed section; returning
+    ``max_steps`` caps the run's steps, ``max_steps_per_epoch`` each epoch's (then the next epoch draws a
+    new permutation). ``on_epoch(epoch, run) -> bool`` is called after every epoch outside the timed section; returning
     True stops training; so does ``on_steps(run) -> bool``, called every ``every`` steps (also untimed).
     Returns a :class:`PlainRun` (seconds = training time only).
     """
@@ -82,7 +84,7 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
         for group in optimizer.param_groups:               # the step schedule, as the Ray Train loop
             group["lr"] = cfg.lr_at(epoch)
         perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - b + 1, b):
+        for start in range(0, min(n - b + 1, (max_steps_per_epoch or n) * b), b):
             idx = perm[start:start + b]
             batch = {k: v[idx] for k, v in data.items()}
             out = compute_loss(model, batch, generator=generator)

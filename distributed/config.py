@@ -75,6 +75,11 @@ class TrainConfig(BaseModel):
                                             "and checkpoints every N steps on large data. A capped epoch continues "
                                             "the pass over the train split where the previous one stopped "
                                             "(distributed.data.TrainStream); an epoch never crosses a pass")
+    train_cache_gib: float = Field(
+        1.0, ge=0.0, description="hold each worker's train examples in memory after the first pass when they take "
+                                 "at most this many GiB (checked from the first batch and while filling); later "
+                                 "passes shuffle them in memory instead of re-running the Ray Data pipeline "
+                                 "(distributed.example_cache). 0 = stream every pass (no cache)")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
 
     @model_validator(mode="after")

@@ -21,18 +21,21 @@ Sharding (``TwoTowerDataConfig``): every dataset is ``streaming_split`` across t
 worker with one step more would wait forever in an all-reduce). Ray 2.60's default ``DataConfig``
 also splits with ``equal=True``; we subclass it only so that evaluation splits use ``equal=False``
 (no example is dropped, metrics stay exact; validation has no per-batch collectives, so unequal
-shards are fine). Each worker streams its shard: no worker ever holds the whole dataset.
+shards are fine). Each worker streams its shard: no worker ever holds the whole dataset (with the
+example cache, a worker holds its own share, up to ``train_cache_gib``).
 
 History length: N = the model's (``twotower.model.sequence.history_length``: ``max_sequence_length``
 for the transformer encoder, else ``schema.history_length``), plus ``history_timestamp`` when the
 model embeds time gaps. Training on every position (``examples: sequence``) cuts the train split into
 windows of ``max_sequence_length`` instead; valid stays per event (the second-last interaction).
 
-Passes and epochs (``TrainStream``): each pass over the train split is one execution of the
-pipeline. Without ``max_steps_per_epoch`` an epoch is one pass; with it, an epoch is at most that
-many steps and the next epoch continues the same pass (validation runs while the pipeline keeps
-producing), so capped epochs see successive examples and the pipeline starts once per pass, not
-once per epoch.
+Passes and epochs (``twotower.distributed.train_stream.TrainStream``): each pass over the train split
+is one execution of the pipeline. Without ``max_steps_per_epoch`` an epoch is one pass; with it, an
+epoch is at most that many steps and the next epoch continues the same pass (validation runs while
+the pipeline keeps producing), so capped epochs see successive examples and the pipeline starts once
+per pass, not once per epoch. When a worker's examples fit ``train_cache_gib``, its first pass also
+fills an in-memory cache and later passes replay it shuffled, without this pipeline
+(``twotower.distributed.example_cache``).
 
 Shuffling (train only): the order of the parquet *files* is reshuffled at every pass
 (``FileShuffleConfig(seed, reseed_after_execution=True)``) and examples are mixed in a per-worker
@@ -69,7 +72,6 @@ leave-last-out) are cut into blocks of ``EVAL_ROWS_PER_BLOCK`` examples so that
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -240,64 +242,6 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, pass_number: int, r
         batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
         local_shuffle_seed=seed * 1_000_003 + pass_number * 1_009 + rank)
-
-
-class TrainStream:
-    """This worker's training batches as one stream over successive passes of its shard, cut into epochs.
-
-    ``epoch(cap)`` yields the next at most ``cap`` batches of the current pass (:func:`iter_train_batches`,
-    shuffle seeded by the pass number). An epoch ends after ``cap`` steps or at the end of the pass,
-    whichever comes first; the next epoch continues the pass where the last one stopped, and a new
-    pass (Ray Data re-executes the pipeline: files reshuffled, new shuffle seed) starts only when the
-    last one is used up. So with ``max_steps_per_epoch`` shorter than a pass, successive epochs
-    (validation periods) see successive examples instead of re-reading the start of the data, and the
-    pipeline is not restarted for every epoch; with no cap every epoch is one pass.
-
-    ``first_pass``: the number of the first pass (1; after a resume, the epochs done + 1, a new pass
-    from the start of the data). Every worker of a run takes the same number of batches per pass
-    (``equal=True`` shards, ``drop_last``), so epochs end at the same step on every worker.
-    """
-
-    def __init__(self, shard, batch_size: int, *, seed: int, rank: int, first_pass: int = 1,
-                 device: torch.device | str = "cpu", windows: bool = False):
-        self._make = lambda n: iter_train_batches(shard, batch_size, seed=seed, pass_number=n, rank=rank,
-                                                  device=device, windows=windows)
-        self.next_pass, self._batches = first_pass, None
-
-    def epoch(self, cap: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The next epoch's batches: at most ``cap``, never crossing the end of a pass."""
-        taken, fresh = 0, False
-        while taken < cap:
-            if self._batches is None:
-                self._batches, self.next_pass, fresh = iter(self._make(self.next_pass)), self.next_pass + 1, True
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                self._batches = None
-                if taken or fresh:           # the pass ended during this epoch (or held no full batch)
-                    return
-                continue                     # the last epoch ended exactly at the end of a pass
-            taken, fresh = taken + 1, False
-            yield batch
-
-
-class TimedBatches:
-    """Iterator over ``batches`` that adds up ``wait_s``: the seconds the caller spent blocked in
-    ``next()``, i.e. waiting for the input pipeline (Ray Data) instead of training. Near 0 when the
-    pipeline keeps ahead of the step; the epoch's ``data_wait_s`` metric. ``clock``: seconds, monotonic."""
-
-    def __init__(self, batches, clock=time.perf_counter):
-        self._batches, self._clock, self.wait_s = iter(batches), clock, 0.0
-
-    def __iter__(self) -> "TimedBatches":
-        return self
-
-    def __next__(self):
-        start = self._clock()
-        try:
-            return next(self._batches)
-        finally:
-            self.wait_s += self._clock() - start
 
 
 def iter_eval_batches(shard, batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"

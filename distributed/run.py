@@ -39,6 +39,8 @@ class ResolvedRun:
         steps_per_epoch: optimizer steps per worker and epoch (``drop_last`` batches, capped by
             ``max_steps_per_epoch``); for ``examples: sequence`` an estimate from the footers
             (:func:`estimated_windows`; shown by the progress bar, never a cap: see :attr:`step_cap`).
+        steps_per_pass: batches per worker in one pass over the train split (``drop_last``; an estimate
+            for ``examples: sequence``), uncapped.
         run_name / storage_path / run_dir: Ray Train's ``RunConfig`` name and storage path, and
             ``<storage_path>/<run_name>`` (a local ``Path`` or a URI string).
         resume: ``checkpoint.json`` of ``resume_from`` (None when not resuming).
@@ -50,6 +52,7 @@ class ResolvedRun:
     files: dict[str, list[str]]
     rows: dict[str, int]
     steps_per_epoch: int
+    steps_per_pass: int
     run_name: str
     storage_path: str
     run_dir: Path | str
@@ -106,7 +109,7 @@ def resolve_run(config: TrainConfig, dataset_dir: str | Path) -> ResolvedRun:
                           f"ignore this config); choose another run_name or remove that directory")
     steps = min(per_worker // config.batch_size, config.max_steps_per_epoch or 1 << 62)
     return ResolvedRun(config=config, dataset_dir=dataset_dir, schema=schema, files=files, rows=rows,
-                       steps_per_epoch=steps, run_name=run_name, storage_path=storage_path, run_dir=run_dir,
+                       steps_per_epoch=steps, steps_per_pass=per_worker // config.batch_size, run_name=run_name, storage_path=storage_path, run_dir=run_dir,
                        skipped=tuple(skipped), resume=resume)
 
 

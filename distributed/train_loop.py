@@ -4,6 +4,7 @@ Metrics reported to Ray Train once per epoch (rank 0's values are the ones Ray k
 ``epoch`` (1-based), ``train_loss`` (mean over all workers' steps), ``valid_<metric>`` for every
 metric of ``RankingAccumulator.finalize`` (``valid_recall@10``, ``valid_ndcg@10``,
 ``valid_sampled_hr@10``, ...), ``steps`` (per worker), ``seconds`` (epoch wall time),
+``train_seconds`` (the training part of it, validation and checkpoint excluded),
 ``examples_per_s`` (training examples of all workers per training second; positions for
 ``examples: sequence``), ``data_wait_s`` (seconds the training thread waited for batches, mean of the
 workers: the input pipeline's stall time), ``best_epoch``,
@@ -33,9 +34,11 @@ import torch
 from twotower.data.tables import load_feature_tables
 from twotower.distributed.collective import (all_gather_object, all_gather_with_grad, all_reduce_sums,
                                              weight_digest)
-from twotower.distributed.data import TimedBatches, TrainStream, iter_eval_batches
+from twotower.distributed.data import iter_eval_batches
+from twotower.distributed.example_cache import GIB, ExampleCache
 from twotower.distributed.run import ResolvedRun
 from twotower.distributed.train_state import TrainState, optimizer_changes
+from twotower.distributed.train_stream import TimedBatches, TrainStream
 from twotower.distributed.watchdog import ProgressReporter
 from twotower.model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from twotower.model.loss import compute_loss
@@ -63,8 +66,10 @@ def train_loop_per_worker(config: dict) -> dict:
     core = getattr(model, "module", model)
     gather = all_gather_with_grad if cfg.gather_negatives and w.world > 1 else None
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + w.rank * 7919 + state.epoch)
+    cache = ExampleCache(int(cfg.train_cache_gib * GIB), run.steps_per_pass) if cfg.train_cache_gib else None
     stream = TrainStream(ray.train.get_dataset_shard("train"), cfg.batch_size, seed=cfg.seed, rank=w.rank,
-                         first_pass=state.epoch + 1, device=w.device, windows=cfg.examples == "sequence")
+                         first_pass=state.epoch + 1, device=w.device, windows=cfg.examples == "sequence",
+                         cache=cache, say=w.say)
     valid_shard = ray.train.get_dataset_shard("valid")
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -217,6 +222,7 @@ def epoch_metrics(cfg, state: TrainState, epoch: int, totals: dict, valid: dict,
     """The metrics reported for one epoch (see the module docstring)."""
     return {"epoch": epoch, "train_loss": totals["loss"] / max(totals["steps"], 1.0),
             **{f"valid_{k}": v for k, v in valid.items()}, "steps": steps, "seconds": time.perf_counter() - t0,
+            "train_seconds": train_seconds,
             "examples_per_s": totals["examples"] / max(train_seconds, 1e-9), "data_wait_s": totals["data_wait_s"],
             "best_epoch": state.best_epoch,
             f"best_{cfg.monitor_key}": state.best_metric, "stop": int(stop)}

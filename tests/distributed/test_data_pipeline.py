@@ -15,8 +15,10 @@ import torch
 
 from twotower.data.sequences import cut_examples, sequence_schema, write_sequence_file
 from twotower.data.splits import split_num_rows
-from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TimedBatches, TrainStream, TwoTowerDataConfig,
-                                       iter_eval_batches, iter_train_batches, read_split)
+from twotower.distributed.data import (EVAL_ROWS_PER_BLOCK, TwoTowerDataConfig, iter_eval_batches,
+                                       iter_train_batches, read_split)
+from twotower.distributed.example_cache import ExampleCache
+from twotower.distributed.train_stream import TimedBatches, TrainStream
 from twotower.model.schema import DatasetSchema
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -165,6 +167,45 @@ def test_uncapped_epochs_are_whole_passes_even_when_the_cap_is_the_pass_length(r
         epochs = _epochs(stream, cap, 2)
         assert [sorted(e) for e in epochs] == [list(range(100))] * 2
     assert stream.next_pass == 7
+
+
+class _CountingShard:
+    """A real streaming-split shard that counts the passes it was asked for (``iter_torch_batches``)."""
+
+    def __init__(self, shard):
+        self.shard, self.passes = shard, 0
+
+    def iter_torch_batches(self, **kwargs):
+        self.passes += 1
+        return self.shard.iter_torch_batches(**kwargs)
+
+
+def test_with_a_cache_later_passes_replay_the_first_in_new_orders_without_the_pipeline(ray_cluster):
+    import ray
+
+    shard = _CountingShard(ray.data.range(100, override_num_blocks=4).streaming_split(1, equal=True)[0])
+    said = []
+    stream = TrainStream(shard, 10, seed=0, rank=0, cache=ExampleCache(1 << 20), say=said.append)
+    epochs = _epochs(stream, cap=4, n=9)                                    # three passes of 10 batches
+    assert [len(e) for e in epochs] == [40, 40, 20] * 3                      # the same epochs as streaming
+    passes = [sum(epochs[i:i + 3], []) for i in (0, 3, 6)]
+    assert all(sorted(p) == list(range(100)) for p in passes)               # each pass: every row once
+    assert len({tuple(p) for p in passes}) == 3                             # a new order every pass
+    assert shard.passes == 1 and said == ["train examples cached after pass 1: 100 rows, 0.00 GiB per "
+                                          "worker; later passes shuffle them in memory"]
+
+
+def test_a_cache_over_its_budget_is_dropped_and_every_pass_streams(ray_cluster):
+    import ray
+
+    shard = _CountingShard(ray.data.range(100, override_num_blocks=4).streaming_split(1, equal=True)[0])
+    said = []
+    stream = TrainStream(shard, 10, seed=0, rank=0, cache=ExampleCache(5 * 10 * 8), say=said.append)
+    epochs = _epochs(stream, cap=10, n=3)                                   # 5 of the 10 batches fit
+    assert [sorted(e) for e in epochs] == [list(range(100))] * 3
+    assert shard.passes == 3 and stream.cache is None
+    assert said == ["train examples not cached: this worker's share is over train_cache_gib (0.00 GiB); "
+                    "every pass streams from Ray Data"]
 
 
 def test_timed_batches_count_only_the_time_blocked_in_next():

@@ -35,6 +35,7 @@ def _config(tmp_path, run_name: str) -> TrainConfig:
     return TrainConfig.model_validate(dict(
         num_workers=2, batch_size=256, epochs=EPOCHS, patience=0, storage_path=str(tmp_path), run_name=run_name,
         max_steps_per_epoch=30, stall_timeout_s=240, lr=0.005, max_failures=2,
+        train_cache_gib=0,        # every pass streams (epoch 4 starts pass 2): test_trainer covers the cache
         model={"hidden_dims": [64], "final_embedding_dim": 32}))
 
 
