@@ -74,7 +74,7 @@ class TrainConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch: smoke runs, or validation "
                                             "and checkpoints every N steps on large data. A capped epoch continues "
                                             "the pass over the train split where the previous one stopped "
-                                            "(distributed.data.TrainStream); an epoch never crosses a pass")
+                                            "(distributed.train_stream.TrainStream); an epoch never crosses a pass")
     train_cache_gib: float = Field(
         1.0, ge=0.0, description="hold each worker's train examples in memory after the first pass when they take "
                                  "at most this many GiB (checked from the first batch and while filling); later "

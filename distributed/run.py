@@ -109,8 +109,8 @@ def resolve_run(config: TrainConfig, dataset_dir: str | Path) -> ResolvedRun:
                           f"ignore this config); choose another run_name or remove that directory")
     steps = min(per_worker // config.batch_size, config.max_steps_per_epoch or 1 << 62)
     return ResolvedRun(config=config, dataset_dir=dataset_dir, schema=schema, files=files, rows=rows,
-                       steps_per_epoch=steps, steps_per_pass=per_worker // config.batch_size, run_name=run_name, storage_path=storage_path, run_dir=run_dir,
-                       skipped=tuple(skipped), resume=resume)
+                       steps_per_epoch=steps, steps_per_pass=per_worker // config.batch_size, run_name=run_name,
+                       storage_path=storage_path, run_dir=run_dir, skipped=tuple(skipped), resume=resume)
 
 
 def _resume_info(cfg: TrainConfig, schema: DatasetSchema, dataset_dir: str) -> CheckpointInfo | None:
