@@ -19,7 +19,7 @@ from twotower.distributed.run import ResolvedRun
 log = logging.getLogger(__name__)
 
 LEADING = ("epoch", "train_loss")
-TRAILING = ("seconds", "examples_per_s", "data_wait_s", "steps", "best_epoch", "stop")
+TRAILING = ("seconds", "train_seconds", "examples_per_s", "data_wait_s", "steps", "best_epoch", "stop", "checkpoint_score")
 
 
 def _metric_order(key: str) -> tuple:

@@ -8,7 +8,8 @@ metric of ``RankingAccumulator.finalize`` (``valid_recall@10``, ``valid_ndcg@10`
 ``examples_per_s`` (training examples of all workers per training second; positions for
 ``examples: sequence``), ``data_wait_s`` (seconds the training thread waited for batches, mean of the
 workers: the input pipeline's stall time), ``best_epoch``,
-``best_valid_recall@k`` and ``stop`` (1 when early stopping ends the run after this epoch).
+``best_valid_recall@k``, ``stop`` (1 when early stopping ends the run after this epoch) and
+``checkpoint_score`` (what Ray ranks the checkpoints by: :func:`checkpoint_score`).
 
 The loop reads top to bottom: :func:`setup` (seed, model, restored state, DDP, optimizer), then the
 epoch loop whose step is ``batch -> compute_loss -> backward -> step``, then validation and the
@@ -46,6 +47,8 @@ from twotower.model.metrics import RankingAccumulator, eval_batch_size
 from twotower.model.optim import build_optimizer
 from twotower.model.schema import DatasetSchema
 from twotower.model.twotower import TwoTowerModel
+
+CHECKPOINT_SCORE = "checkpoint_score"
 
 def train_loop_per_worker(config: dict) -> dict:
     """Train, validate and checkpoint on one Ray Train worker; returns a summary (rank 0's is kept).
@@ -225,7 +228,17 @@ def epoch_metrics(cfg, state: TrainState, epoch: int, totals: dict, valid: dict,
             "train_seconds": train_seconds,
             "examples_per_s": totals["examples"] / max(train_seconds, 1e-9), "data_wait_s": totals["data_wait_s"],
             "best_epoch": state.best_epoch,
-            f"best_{cfg.monitor_key}": state.best_metric, "stop": int(stop)}
+            f"best_{cfg.monitor_key}": state.best_metric, "stop": int(stop),
+            CHECKPOINT_SCORE: checkpoint_score(valid[f"recall@{cfg.monitor_k}"], epoch)}
+
+
+def checkpoint_score(value: float, epoch: int) -> float:
+    """The score Ray Train ranks checkpoints by (``checkpoint_score_attribute``): the monitored metric
+    minus ``epoch * 1e-12``, so that of equal values the earliest epoch ranks highest, as in
+    ``TrainState`` and ``artifacts`` (Ray keeps the later of equal scores, which dropped the earliest
+    best checkpoint when several epochs tied). 1e-12 is far below any real difference of a metric
+    averaged over the validation users (>= 1 / users)."""
+    return value - epoch * 1e-12
 
 
 def report(run: ResolvedRun, model, optimizer, state: TrainState, metrics: dict, w: Worker) -> None:

@@ -50,7 +50,7 @@ from twotower.distributed.data import raise_for_unreadable_input
 from twotower.distributed.local_ray import start_ray
 from twotower.distributed.progress import TrainProgress
 from twotower.distributed.run import ResolvedRun, resolve_run
-from twotower.distributed.train_loop import train_loop_per_worker
+from twotower.distributed.train_loop import CHECKPOINT_SCORE, train_loop_per_worker
 from twotower.distributed.watchdog import ProgressTracker, TrainingStalledError, run_with_watchdog
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def _fit_task(train_loop, loop_config: dict) -> dict:
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),   # not every report's full metrics
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,
-                                               checkpoint_score_attribute=cfg.monitor_key,
+                                               checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                checkpoint_score_order="max")),
         datasets=build_datasets(run.dataset_dir, run.schema, seed=cfg.seed, files=run.files, model=cfg.model,
                                 examples=cfg.examples),
