@@ -20,7 +20,7 @@ from twotower.data.tables import load_feature_tables
 from twotower.evaluation.offline import iter_split_batches
 from twotower.distributed.config import TrainConfig
 from twotower.model.optim import build_optimizer
-from twotower.model.batch import as_tensors
+from twotower.model.batch import as_tensors, shuffled_batches
 from twotower.model.loss import compute_loss
 from twotower.model.metrics import RankingAccumulator
 from twotower.model.schema import DatasetSchema
@@ -76,17 +76,14 @@ def plain_train(model: TwoTowerModel, cfg: TrainConfig, data: dict[str, torch.Te
     """
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.sparse_optimizer)
     generator = torch.Generator().manual_seed(seed)
-    n, b = len(data["user_idx"]), cfg.batch_size
+    b = cfg.batch_size
     run = PlainRun()
     model.train()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         for group in optimizer.param_groups:               # the step schedule, as the Ray Train loop
             group["lr"] = cfg.lr_at(epoch)
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, min(n - b + 1, (max_steps_per_epoch or n) * b), b):
-            idx = perm[start:start + b]
-            batch = {k: v[idx] for k, v in data.items()}
+        for batch in shuffled_batches(data, b, generator, max_steps_per_epoch):
             out = compute_loss(model, batch, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from _common import build_model, load_split_tensors, machine_line, write_docs_section  # noqa: E402
 from twotower.data.splits import cut_chunks  # noqa: E402
 from twotower.distributed.config import TrainConfig  # noqa: E402
+from twotower.model.batch import shuffled_batches  # noqa: E402
 from twotower.model.loss import compute_loss  # noqa: E402
 from twotower.model.optim import build_optimizer  # noqa: E402
 
@@ -56,9 +57,7 @@ def batches(dataset: str, cfg: TrainConfig, schema, count: int) -> list[dict[str
         data = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
     else:
         data = load_split_tensors(dataset, "train", schema)
-    perm = torch.randperm(len(data["user_idx"]), generator=torch.Generator().manual_seed(0))
-    b = cfg.batch_size
-    return [{k: v[perm[i * b:(i + 1) * b]] for k, v in data.items()} for i in range(count)]
+    return list(shuffled_batches(data, cfg.batch_size, torch.Generator().manual_seed(0), max_batches=count))
 
 
 def measure(dataset: str, name: str, cfg: TrainConfig, steps: int) -> dict:

@@ -222,6 +222,12 @@ class TwoTowerDataConfig(ray.train.DataConfig):
         return output
 
 
+def pass_seed(seed: int, pass_number: int, rank: int) -> int:
+    """The shuffle seed of one worker's pass over the train split (the local shuffle buffer of a
+    streamed pass, the permutation of a cached one): distinct per (seed, pass, rank)."""
+    return seed * 1_000_003 + pass_number * 1_009 + rank
+
+
 def iter_train_batches(shard, batch_size: int, *, seed: int, pass_number: int, rank: int,
                        device: torch.device | str = "cpu", windows: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """This worker's training batches for one pass over its shard (:class:`TrainStream` cuts passes into
@@ -241,7 +247,7 @@ def iter_train_batches(shard, batch_size: int, *, seed: int, pass_number: int, r
     return shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, device=device, pin_memory=torch.device(device).type == "cuda",
         local_shuffle_buffer_size=shuffle_buffer_rows(batch_size, windows),
-        local_shuffle_seed=seed * 1_000_003 + pass_number * 1_009 + rank)
+        local_shuffle_seed=pass_seed(seed, pass_number, rank))
 
 
 def iter_eval_batches(shard, batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"

@@ -22,6 +22,8 @@ from typing import Iterator
 
 import torch
 
+from twotower.model.batch import shuffled_batches
+
 GIB = 1 << 30
 
 
@@ -94,8 +96,4 @@ class ExampleCache:
         """
         if self.columns is None:
             raise RuntimeError("batches() before seal()")
-        rows = len(next(iter(self.columns.values()))) if self.columns else 0
-        order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
-        for start in range(0, rows - batch_size + 1, batch_size):
-            idx = order[start:start + batch_size]
-            yield {k: v.index_select(0, idx).to(device) for k, v in self.columns.items()}
+        yield from shuffled_batches(self.columns, batch_size, torch.Generator().manual_seed(seed), device=device)

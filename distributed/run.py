@@ -107,9 +107,10 @@ def resolve_run(config: TrainConfig, dataset_dir: str | Path) -> ResolvedRun:
     if storage.exists(storage.join(run_dir, "summary.json")):
         raise ConfigError(f"run directory {run_dir} already holds a finished run (Ray would restore it and "
                           f"ignore this config); choose another run_name or remove that directory")
-    steps = min(per_worker // config.batch_size, config.max_steps_per_epoch or 1 << 62)
+    per_pass = per_worker // config.batch_size
     return ResolvedRun(config=config, dataset_dir=dataset_dir, schema=schema, files=files, rows=rows,
-                       steps_per_epoch=steps, steps_per_pass=per_worker // config.batch_size, run_name=run_name,
+                       steps_per_epoch=min(per_pass, config.max_steps_per_epoch or 1 << 62),
+                       steps_per_pass=per_pass, run_name=run_name,
                        storage_path=storage_path, run_dir=run_dir, skipped=tuple(skipped), resume=resume)
 
 

@@ -50,6 +50,7 @@ from twotower.model.twotower import TwoTowerModel
 
 CHECKPOINT_SCORE = "checkpoint_score"
 
+
 def train_loop_per_worker(config: dict) -> dict:
     """Train, validate and checkpoint on one Ray Train worker; returns a summary (rank 0's is kept).
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from twotower.distributed.data import iter_train_batches
+from twotower.distributed.data import iter_train_batches, pass_seed
 from twotower.distributed.example_cache import GIB, ExampleCache
 
 
@@ -41,7 +41,7 @@ class TrainStream:
                  say: Callable[[str], None] = lambda line: None):
         self._make = lambda n: iter_train_batches(shard, batch_size, seed=seed, pass_number=n, rank=rank,
                                                   device=device, windows=windows)
-        self._replay = lambda n: self.cache.batches(batch_size, seed * 1_000_003 + n * 1_009 + rank, device)
+        self._replay = lambda n: self.cache.batches(batch_size, pass_seed(seed, n, rank), device)
         self.next_pass, self._batches, self.cache, self._say = first_pass, None, cache, say
 
     def epoch(self, cap: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Turning columnar interaction batches (NumPy, from parquet / Ray Data) into model input tensors."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
@@ -129,3 +129,21 @@ def to_tensors(batch: Mapping[str, np.ndarray], schema: DatasetSchema,
     """:func:`to_numpy_batch` then :func:`as_tensors`: raw columns -> model input tensors on ``device``.
     Shapes: ids (B,), history (B, N), context (B,) or (B, L) (multi_hot), weight (B,)."""
     return as_tensors(to_numpy_batch(batch, schema), device)
+
+
+def shuffled_batches(columns: Mapping[str, torch.Tensor], batch_size: int, generator: torch.Generator,
+                     max_batches: int | None = None, device: torch.device | str | None = None
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+    """One shuffled pass over in-memory example columns (each (R, ...), rows aligned): the rows in the
+    order of one ``torch.randperm(R, generator=generator)`` (drawn at the first ``next()``), cut into
+    ``R // batch_size`` full batches (the last partial batch dropped, as Ray Train's ``drop_last``), at
+    most ``max_batches`` of them, each column moved to ``device`` when given. The plain training loop's
+    batches and the replayed passes of ``twotower.distributed.example_cache`` both come from here."""
+    import torch
+
+    rows = len(next(iter(columns.values()))) if columns else 0
+    order = torch.randperm(rows, generator=generator)
+    stop = min(rows - batch_size + 1, (max_batches if max_batches is not None else rows) * batch_size)
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield {k: v[idx] if device is None else v[idx].to(device) for k, v in columns.items()}

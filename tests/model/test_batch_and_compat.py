@@ -73,3 +73,18 @@ def test_read_checkpoint_parses_once_and_load_reuses_it(tmp_path, toy_schema, to
     loaded = load_checkpoint(tmp_path / "ck", info=info)
     assert loaded.meta["epoch"] == 2 and loaded.model_sha256 == info.model_sha256
     assert torch.equal(loaded.model.state_dict()["item_tower.table_year"], model.state_dict()["item_tower.table_year"])
+
+
+def test_shuffled_batches_drop_the_partial_batch_honour_max_batches_and_follow_the_generator():
+    import torch
+
+    from twotower.model.batch import shuffled_batches
+
+    cols = {"user_idx": torch.arange(25), "history": torch.arange(25)[:, None].repeat(1, 3)}
+    full = list(shuffled_batches(cols, 10, torch.Generator().manual_seed(3)))
+    assert [len(b["user_idx"]) for b in full] == [10, 10]                    # 5 rows left over, dropped
+    assert len(set(torch.cat([b["user_idx"] for b in full]).tolist())) == 20
+    assert all(torch.equal(b["history"][:, 0], b["user_idx"]) for b in full)  # columns stay row-aligned
+    again = list(shuffled_batches(cols, 10, torch.Generator().manual_seed(3), max_batches=1))
+    assert len(again) == 1 and torch.equal(again[0]["user_idx"], full[0]["user_idx"])
+    assert list(shuffled_batches({}, 10, torch.Generator())) == []
