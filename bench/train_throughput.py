@@ -17,6 +17,9 @@ steps per epoch):
   before ``torch_threads``: Ray starts it with ``OMP_NUM_THREADS`` = its whole CPUs);
 * ``ray-W...:stream``: as ``ray-W...`` with ``train_cache_gib: 0``: every pass re-runs the Ray Data
   pipeline (by default a worker replays its first pass from memory when it fits: ``train_cache_gib``);
+* ``ray-W...:dash``: as ``ray-W...`` with ``ray_dashboard: true``: the local runtime with Ray's dashboard,
+  and the fit with Ray Train's placement-group cleaner and preemption watcher (what ``ray-W`` ran
+  before twotower left them out of the runtimes it starts; ``trainer.lean_fit``);
 * ``ingest`` (not in the default ``--configs``): the Ray Data training pipeline drained without a model.
 
 Examples/s counts training examples over training seconds (for Ray: the examples and seconds the
@@ -105,11 +108,12 @@ def run_plain(ds: Path, cfg: TrainConfig, args, threads: int | None = None) -> d
 
 
 def run_ray(ds: Path, cfg: TrainConfig, workers: int, args, threads: int | None = None,
-            stream: bool = False) -> dict:
+            stream: bool = False, dashboard: bool = False) -> dict:
     from twotower.distributed.trainer import TwoTowerTrainer
     cores = os.cpu_count() or 1
     cfg = cfg.model_copy(update={"num_workers": workers, "cpus_per_worker": max(cores // workers, 1),
                                  "torch_threads": threads, "train_cache_gib": 0.0 if stream else cfg.train_cache_gib,
+                                 "ray_dashboard": dashboard,
                                  "use_gpu": args.device == "cuda",
                                  "run_name": f"ray-{workers}-{time.strftime('%H%M%S')}",
                                  "storage_path": str(Path(args.work) / "runs")})
@@ -197,10 +201,11 @@ def run_config(name: str, ds: Path, cfg: TrainConfig, args) -> dict:
             res = run_plain(ds, cfg, args, int(name.partition("@")[2] or 0) or None)
         elif name == "ingest":
             res = run_ingest(ds, cfg, args)
-        else:                                              # ray-W[@T][:stream] (torch_threads T, no cache)
+        else:                                              # ray-W[@T][:stream|:dash]
             spec, _, mode = name.partition(":")
             workers, _, threads = spec.split("-")[1].partition("@")
-            res = run_ray(ds, cfg, int(workers), args, int(threads) if threads else None, stream=mode == "stream")
+            res = run_ray(ds, cfg, int(workers), args, int(threads) if threads else None, stream=mode == "stream",
+                          dashboard=mode == "dash")
     res.update(config=name, system_peak=mem.system_peak_bytes, processes=mem.by_role(), cpu=mem.cpu_by_role())
     summarize(res)
     later = f", epochs 2+ {res['later']:,.0f}" if res["later"] is not None else ""

@@ -80,6 +80,12 @@ class TrainConfig(BaseModel):
                                  "at most this many GiB (checked from the first batch and while filling); later "
                                  "passes shuffle them in memory instead of re-running the Ray Data pipeline "
                                  "(distributed.example_cache). 0 = stream every pass (no cache)")
+    ray_dashboard: bool = Field(
+        False, description="a local Ray runtime that training starts itself: also start Ray's dashboard on "
+                            "127.0.0.1:8265 (and with it Ray Train's placement-group cleaner, which needs the "
+                            "dashboard's state API). Off by default: the dashboard's dozen processes cost 2-4 s "
+                            "of start-up and wake-ups that slow the step on a small machine. A cluster joined "
+                            "through RAY_ADDRESS is used as it is")
     skip_bad_files: bool = Field(False, description="leave out input parquet files whose footer or columns are bad (logged, listed in summary.json) instead of failing")
 
     @model_validator(mode="after")

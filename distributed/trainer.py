@@ -9,7 +9,8 @@ What ``fit`` does, top to bottom:
    ``summary.json``);
 2. starts a local Ray runtime when none is initialised (:func:`start_local_ray`) and shuts it down
    afterwards; an already initialised runtime (e.g. a test fixture, ``ray.init(address=...)``) is
-   used as is; checks that the cluster has the CPUs/GPUs (only logged on a cluster joined through
+   used as is. A runtime started here has no dashboard unless ``ray_dashboard``, and its fit has no
+   placement-group cleaner nor preemption watcher (:func:`lean_fit`); checks that the cluster has the CPUs/GPUs (only logged on a cluster joined through
    ``RAY_ADDRESS``, where the autoscaler may add nodes);
 3. runs ``TorchTrainer.fit`` inside a Ray task (so it can be force-cancelled) under the stall
    watchdog (``watchdog.run_with_watchdog``; ``TrainingStalledError`` after ``stall_timeout_s``
@@ -60,10 +61,22 @@ __all__ = ["FitResult", "TwoTowerTrainer", "start_local_ray"]
 
 def start_local_ray(cfg: TrainConfig):
     """:func:`~twotower.distributed.local_ray.start_ray` as training needs it: at least
-    ``ceil(num_workers * cpus_per_worker) + 2`` logical CPUs (Ray Data tasks beside the workers) and the
-    dashboard (Ray Train's placement-group cleaner queries the state API). Returns the RayContext when
-    this call started or joined Ray, None when it was already initialised."""
-    return start_ray(min_cpus=math.ceil(cfg.num_workers * cfg.cpus_per_worker) + 2, dashboard=True)
+    ``ceil(num_workers * cpus_per_worker) + 2`` logical CPUs (Ray Data tasks beside the workers), and
+    the dashboard only with ``ray_dashboard``. Returns the RayContext when this call started or joined
+    Ray, None when it was already initialised."""
+    return start_ray(min_cpus=math.ceil(cfg.num_workers * cfg.cpus_per_worker) + 2, dashboard=cfg.ray_dashboard)
+
+
+def lean_fit(started_here: bool, cfg: TrainConfig) -> bool:
+    """Whether the fit leaves out Ray Train's placement-group cleaner and preemption watcher: True for a
+    runtime this process started (not one joined through ``RAY_ADDRESS``) without ``ray_dashboard``.
+
+    Both are actors that guard a long-lived cluster: the cleaner removes the run's placement group
+    when the controller dies (it asks the dashboard's state API every second, so without a dashboard
+    it could only log a warning every second), the watcher polls for nodes being drained. A runtime
+    that ends with the job has neither problem. Every Ray Python process wakes about 100 times a
+    second; on a 2-core machine each one costs the training step about 1% (docs/benchmarks.md)."""
+    return started_here and not cfg.ray_dashboard and not os.environ.get("RAY_ADDRESS")
 
 
 class TwoTowerTrainer:
@@ -95,12 +108,12 @@ class TwoTowerTrainer:
         owned = start_local_ray(run.config) is not None
         try:
             _check_cluster(run.config)
-            return write_run_artifacts(self._fit_watched(run), run)
+            return write_run_artifacts(self._fit_watched(run, lean_fit(owned, run.config)), run)
         finally:
             if owned:
                 ray.shutdown()
 
-    def _fit_watched(self, run: ResolvedRun) -> dict:
+    def _fit_watched(self, run: ResolvedRun, lean: bool) -> dict:
         """The fit task under the stall watchdog; returns what :func:`_fit_task` returns."""
         tracker = ProgressTracker.remote()
         shown = TrainProgress(run.config.epochs, run.steps_per_epoch)
@@ -110,7 +123,7 @@ class TwoTowerTrainer:
             shown.update(info, lines)
             return stamp, info
 
-        ref = _fit_task.remote(self.train_loop, {"run": run, "tracker": tracker})
+        ref = _fit_task.remote(self.train_loop, {"run": run, "tracker": tracker}, lean)
         try:
             return run_with_watchdog(lambda: _get(ref), last_progress, run.config.stall_timeout_s,
                                      abort=lambda: ray.cancel(ref, force=True), poll_s=1.0)
@@ -129,17 +142,18 @@ class TwoTowerTrainer:
 
 
 @ray.remote(num_cpus=0)
-def _fit_task(train_loop, loop_config: dict) -> dict:
-    """Build the datasets and the TorchTrainer and fit (a task, so that the watchdog can cancel it)."""
+def _fit_task(train_loop, loop_config: dict, lean: bool = False) -> dict:
+    """Build the datasets and the TorchTrainer and fit (a task, so that the watchdog can cancel it);
+    ``lean``: without the placement-group cleaner and the preemption watcher (:func:`lean_fit`)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from twotower.distributed.data import TwoTowerDataConfig, build_datasets
+    from twotower.distributed.lean_trainer import trainer_class
 
     run: ResolvedRun = loop_config["run"]
     cfg = run.config
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = trainer_class(lean)(
         train_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources, placement_strategy=cfg.placement_strategy),
