@@ -10,8 +10,9 @@ What ``fit`` does, top to bottom:
 2. starts a local Ray runtime when none is initialised (:func:`start_local_ray`) and shuts it down
    afterwards; an already initialised runtime (e.g. a test fixture, ``ray.init(address=...)``) is
    used as is. A runtime started here has no dashboard unless ``ray_dashboard``, and its fit has no
-   placement-group cleaner nor preemption watcher (:func:`lean_fit`); checks that the cluster has the CPUs/GPUs (only logged on a cluster joined through
-   ``RAY_ADDRESS``, where the autoscaler may add nodes);
+   placement-group cleaner nor preemption watcher (:func:`lean_fit`). Then checks that the cluster
+   has the CPUs/GPUs (only logged on a cluster joined through ``RAY_ADDRESS``, where the autoscaler
+   may add nodes);
 3. runs ``TorchTrainer.fit`` inside a Ray task (so it can be force-cancelled) under the stall
    watchdog (``watchdog.run_with_watchdog``; ``TrainingStalledError`` after ``stall_timeout_s``
    without progress); the workers get the frozen :class:`~twotower.distributed.run.ResolvedRun`;
