@@ -122,6 +122,9 @@ def main(argv=None) -> int:
         for line in rt.stdout:
             if "READY" in line:
                 break
+        else:
+            raise RuntimeError(f"the idle runtime (--fit {args.fit}) exited with code {rt.wait()} before its "
+                               f"training worker ran")
         time.sleep(10)                                          # the fit's start-up settles
         rates: list[tuple[float, float]] = []
         lp = subprocess.Popen(me + ["--role", "loop"], stdout=subprocess.PIPE, text=True)
@@ -142,9 +145,11 @@ def main(argv=None) -> int:
                 time.sleep(args.window)
         lp.kill()
     finally:
-        os.killpg(rt.pid, signal.SIGINT)
         try:
+            os.killpg(rt.pid, signal.SIGINT)                    # the runtime's session: its Ray processes too
             rt.wait(60)
+        except ProcessLookupError:                              # nothing of it left
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(rt.pid, signal.SIGKILL)
 
